@@ -1,0 +1,366 @@
+package teletracker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// client.go holds the Teletracker HTTP client: one login or refresh call at a
+// time, its response parsed and every failure sorted into a class the
+// rotation logic can act on. It never retries: a refresh token is single-use,
+// so whether to send it again is rotation.go's decision, not a transport's.
+
+const (
+	maxResponseBytes = 1 << 20   // larger bodies are refused
+	maxRetryAfter    = time.Hour // a longer Retry-After is read as an hour
+	maxTokenLifetime = 24 * time.Hour // a longer tokenLifetime is not believed
+	maxErrorText     = 200 // characters of an upstream message kept in an error
+)
+
+// failureClass says what an upstream failure means for the session.
+type failureClass int
+
+const (
+	// failTransient: Teletracker could not answer properly (5xx, 429, timeout,
+	// connection error, unreadable body). The credential may still be good.
+	failTransient failureClass = iota
+	// failRejected: Teletracker refused the credential (400, 401, 403). A
+	// refresh token so refused is spent or revoked; a password is wrong.
+	failRejected
+)
+
+// upstreamError is a failed login or refresh. Its text never holds a secret:
+// anything Teletracker says is redacted and cut short before it gets here.
+type upstreamError struct {
+	class failureClass
+	// op is the endpoint called, such as "/auth/refresh".
+	op string
+	// status is the HTTP status, 0 when no answer was read.
+	status int
+	// retryAfter is the wait Teletracker asked for with 429, 0 if none.
+	retryAfter time.Duration
+	// unknownOutcome is set when the call may have been processed although
+	// no usable answer arrived: a refresh token sent this way may be spent.
+	unknownOutcome bool
+	// spent is set when Teletracker accepted the call (HTTP 200) but gave no
+	// usable successor refresh token: the one sent is spent, for certain
+	// (success without a refreshToken) or presumably (the body could not be
+	// read; then unknownOutcome is set too).
+	spent bool
+	// detail is a short, secret-free description.
+	detail string
+}
+
+func (e *upstreamError) Error() string {
+	var b strings.Builder
+	b.WriteString("teletracker ")
+	b.WriteString(e.op)
+	if e.status != 0 {
+		fmt.Fprintf(&b, ": HTTP %d", e.status)
+	}
+	if e.detail != "" {
+		b.WriteString(": ")
+		b.WriteString(e.detail)
+	}
+	return b.String()
+}
+
+// grant is what a successful login or refresh returns, with Teletracker's
+// timestamps already turned into durations so that only Vault's clock is used.
+type grant struct {
+	// guid identifies the Teletracker session.
+	guid string
+	// token is the bearer token.
+	token string
+	// refreshToken continues the session, once.
+	refreshToken string
+	// lifetime is tokenLifetime.
+	lifetime time.Duration
+	// refreshLifetime is how long the refresh token lives from the moment
+	// the request was sent: refreshTokenExpiration - tokenExpiration +
+	// tokenLifetime, a difference of the server's own timestamps so its clock
+	// skew cancels. Zero when the server did not give both timestamps.
+	refreshLifetime time.Duration
+}
+
+// sessionBody is the JSON Teletracker answers with; unknown fields are ignored.
+type sessionBody struct {
+	Success                *bool       `json:"success"`
+	GUID                   string      `json:"guid"`
+	Token                  string      `json:"token"`
+	TokenExpiration        string      `json:"tokenExpiration"`
+	TokenLifetime          json.RawMessage `json:"tokenLifetime"`
+	RefreshToken           string      `json:"refreshToken"`
+	RefreshTokenExpiration string      `json:"refreshTokenExpiration"`
+	Error                  string      `json:"error"`
+	Message                string      `json:"message"`
+}
+
+// client calls one Teletracker deployment.
+type client struct {
+	// baseURL has no trailing slash.
+	baseURL string
+	// http has the per-call timeout, the extra CA and redirects turned off.
+	http *http.Client
+	// now is Vault's clock, for an HTTP-date Retry-After.
+	now func() time.Time
+}
+
+// newClient builds a client for cfg. Redirects are not followed, so a
+// credential is never sent anywhere but base_url.
+func newClient(cfg *teletrackerConfig, now func() time.Time) (*client, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if cfg.CACert != "" && !pool.AppendCertsFromPEM([]byte(cfg.CACert)) {
+		return nil, errors.New("ca_cert holds no PEM certificate")
+	}
+	transport := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: cfg.RequestTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   cfg.RequestTimeout,
+		ResponseHeaderTimeout: cfg.RequestTimeout,
+		MaxIdleConnsPerHost:   2,
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+	}
+	return &client{
+		baseURL: strings.TrimRight(cfg.BaseURL, "/"),
+		http: &http.Client{
+			Transport: transport,
+			Timeout:   cfg.RequestTimeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error {
+				return http.ErrUseLastResponse
+			},
+		},
+		now: now,
+	}, nil
+}
+
+// close releases the client's idle connections.
+func (c *client) close() {
+	c.http.CloseIdleConnections()
+}
+
+// login starts a new session with a username and password.
+func (c *client) login(ctx context.Context, username, password string, accountID int64) (*grant, error) {
+	form := url.Values{"username": {username}, "password": {password}}
+	if accountID != 0 {
+		form.Set("account_id", strconv.FormatInt(accountID, 10))
+	}
+	return c.call(ctx, "/auth/login", form, password)
+}
+
+// refresh spends refreshToken for a new bearer token and refresh token.
+// When it returns an error with a grant, the call failed but Teletracker did
+// issue a new refresh token, which the caller must keep: the old one is spent.
+func (c *client) refresh(ctx context.Context, refreshToken string) (*grant, error) {
+	return c.call(ctx, "/auth/refresh", url.Values{"refresh_token": {refreshToken}}, refreshToken)
+}
+
+// call posts form to op and parses the answer. secret is redacted from any
+// text Teletracker sends back.
+func (c *client) call(ctx context.Context, op string, form url.Values, secret string) (*grant, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+op, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, &upstreamError{class: failTransient, op: op, detail: "cannot build request"}
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, transportError(op, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	if err != nil {
+		return nil, &upstreamError{class: failTransient, op: op, status: resp.StatusCode, unknownOutcome: true,
+			spent: resp.StatusCode == http.StatusOK, detail: "reading the response failed: " + safeText(err.Error(), secret)}
+	}
+	if len(body) > maxResponseBytes {
+		return nil, &upstreamError{class: failTransient, op: op, status: resp.StatusCode, unknownOutcome: true,
+			spent: resp.StatusCode == http.StatusOK, detail: "response body over 1 MiB refused"}
+	}
+	g, err := parseResponse(resp.StatusCode, resp.Header.Get("Retry-After"), body, c.now(), secret)
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		ue.op = op
+	}
+	return g, err
+}
+
+// transportError classifies an error from the HTTP round trip. Only a
+// failure to connect proves the request was never sent.
+func transportError(op string, err error) *upstreamError {
+	ue := &upstreamError{class: failTransient, op: op, unknownOutcome: true}
+	var opErr *net.OpError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		ue.unknownOutcome = false
+		ue.detail = "cannot connect: " + safeText(opErr.Err.Error(), "")
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
+		ue.detail = "request timed out; the outcome is unknown"
+	case errors.Is(err, context.Canceled):
+		ue.detail = "request cancelled; the outcome is unknown"
+	default:
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		ue.detail = "request failed; the outcome is unknown: " + safeText(err.Error(), "")
+	}
+	return ue
+}
+
+// parseResponse turns one HTTP answer into a grant or an upstreamError.
+// now is only used to read an HTTP-date Retry-After; secret (the password or
+// refresh token sent) is redacted from any text Teletracker sends back.
+//
+// A 200 answer that is not a complete session is a failed call, but if it
+// still carries a refresh token the grant comes back beside the error: the
+// token that was sent is spent, and this one is the only way on.
+func parseResponse(status int, retryAfter string, body []byte, now time.Time, secret string) (*grant, error) {
+	var sb sessionBody
+	decodeErr := json.Unmarshal(body, &sb)
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(decodeErr, &typeErr) {
+		decodeErr = nil // a field of the wrong type is left empty, and judged below
+	}
+
+	if status != http.StatusOK {
+		ue := &upstreamError{class: failTransient, status: status}
+		switch {
+		case status == http.StatusBadRequest || status == http.StatusUnauthorized || status == http.StatusForbidden:
+			ue.class = failRejected
+		case status == http.StatusTooManyRequests:
+			ue.retryAfter = parseRetryAfter(retryAfter, now)
+		case status >= 300 && status < 400:
+			ue.detail = "unexpected redirect"
+		}
+		if decodeErr == nil && ue.detail == "" {
+			ue.detail = upstreamMessage(&sb, secret)
+		}
+		return nil, ue
+	}
+
+	if decodeErr != nil {
+		return nil, &upstreamError{class: failTransient, status: status, unknownOutcome: true, spent: true, detail: "malformed JSON body"}
+	}
+	if sb.Success == nil || !*sb.Success {
+		detail := upstreamMessage(&sb, secret)
+		if detail == "" {
+			detail = "success is not true"
+		}
+		return nil, &upstreamError{class: failTransient, status: status, detail: "call failed: " + detail}
+	}
+
+	g := &grant{guid: sb.GUID, token: sb.Token, refreshToken: sb.RefreshToken}
+	var problems []string
+	if sb.Token == "" {
+		problems = append(problems, "no token")
+	}
+	if sb.RefreshToken == "" {
+		problems = append(problems, "no refreshToken")
+	}
+	lifetime, err := strconv.ParseFloat(strings.Trim(string(sb.TokenLifetime), `"`), 64)
+	switch {
+	case err != nil && !errors.Is(err, strconv.ErrRange) || math.IsNaN(lifetime):
+		problems = append(problems, "no numeric tokenLifetime")
+	case lifetime < 1:
+		problems = append(problems, "tokenLifetime is not positive")
+	case lifetime > maxTokenLifetime.Seconds():
+		problems = append(problems, "tokenLifetime is implausibly long")
+	default:
+		g.lifetime = time.Duration(lifetime * float64(time.Second))
+	}
+	if len(problems) > 0 {
+		ue := &upstreamError{class: failTransient, status: status, detail: "incomplete session: " + strings.Join(problems, ", ")}
+		if g.refreshToken == "" {
+			ue.spent = true
+			return nil, ue
+		}
+		return g, ue
+	}
+	g.refreshLifetime = refreshLifetime(sb.TokenExpiration, sb.RefreshTokenExpiration, g.lifetime)
+	return g, nil
+}
+
+// refreshLifetime is how long the refresh token lives from the send time:
+// (refreshTokenExpiration - tokenExpiration) + lifetime. Both timestamps come
+// from the server's clock, so its skew cancels. Zero when either is missing
+// or the result is not positive.
+func refreshLifetime(tokenExp, refreshExp string, lifetime time.Duration) time.Duration {
+	te, err1 := time.Parse(time.RFC3339, tokenExp)
+	re, err2 := time.Parse(time.RFC3339, refreshExp)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	d := re.Sub(te) + lifetime
+	if d <= 0 {
+		return 0
+	}
+	return d
+}
+
+// parseRetryAfter reads a Retry-After header (seconds or HTTP-date), capped
+// at maxRetryAfter. Zero when absent or unreadable.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		d = time.Duration(min(secs, int64(maxRetryAfter/time.Second))) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), maxRetryAfter)
+}
+
+// upstreamMessage is Teletracker's own error text, made safe to show.
+func upstreamMessage(sb *sessionBody, secret string) string {
+	if sb.Error != "" {
+		return safeText(sb.Error, secret)
+	}
+	return safeText(sb.Message, secret)
+}
+
+// safeText makes text from outside safe for an error or a log line: secret
+// (when not empty) is redacted, and what is left is cut to one short line of
+// printable characters.
+func safeText(s, secret string) string {
+	if secret != "" {
+		s = strings.ReplaceAll(s, secret, "[redacted]")
+	}
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return ' '
+	}, s)
+	if r := []rune(s); len(r) > maxErrorText {
+		s = string(r[:maxErrorText]) + "…"
+	}
+	return s
+}

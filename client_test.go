@@ -1,0 +1,154 @@
+package teletracker
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func okBody(extra string) []byte {
+	return []byte(`{"success":true,"guid":"g-1","token":"tok-1","tokenExpiration":"2018-04-02T21:39:12+00:00",` +
+		`"tokenLifetime":3600,"refreshToken":"rt-1","refreshTokenExpiration":"2018-05-01T21:39:12+00:00"` + extra + `}`)
+}
+
+func TestParseResponseSuccess(t *testing.T) {
+	g, err := parseResponse(200, "", okBody(`,"unknown":{"a":[1,2]}`), testStart, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.guid != "g-1" || g.token != "tok-1" || g.refreshToken != "rt-1" || g.lifetime != time.Hour {
+		t.Fatalf("%+v", g)
+	}
+	// 29 days between the two server timestamps, plus the token's hour.
+	if g.refreshLifetime != 29*24*time.Hour+time.Hour {
+		t.Fatalf("refresh lifetime %v", g.refreshLifetime)
+	}
+}
+
+func TestParseResponseClasses(t *testing.T) {
+	cases := []struct {
+		name        string
+		status      int
+		retryAfter  string
+		body        string
+		class       failureClass
+		retry       time.Duration
+		unknown     bool
+		spent       bool
+		salvage     bool
+		errContains string
+	}{
+		{name: "400 names the problem", status: 400, body: `{"success":false,"error":"missing parameter: refresh_token"}`, class: failRejected, errContains: "HTTP 400: missing parameter: refresh_token"},
+		{name: "401", status: 401, body: `{"success":false,"message":"token already used"}`, class: failRejected, errContains: "token already used"},
+		{name: "403 no body", status: 403, class: failRejected, errContains: "HTTP 403"},
+		{name: "404", status: 404, body: "<html>", class: failTransient},
+		{name: "302", status: 302, class: failTransient, errContains: "unexpected redirect"},
+		{name: "429 seconds", status: 429, retryAfter: "120", class: failTransient, retry: 2 * time.Minute},
+		{name: "429 date", status: 429, retryAfter: testStart.Add(90 * time.Second).Format(http.TimeFormat), class: failTransient, retry: 90 * time.Second},
+		{name: "429 huge", status: 429, retryAfter: "999999999999", class: failTransient, retry: maxRetryAfter},
+		{name: "429 garbage", status: 429, retryAfter: "soon", class: failTransient},
+		{name: "500", status: 500, class: failTransient},
+		{name: "503", status: 503, body: `{"success":false,"error":"maintenance"}`, class: failTransient, errContains: "maintenance"},
+		{name: "malformed", status: 200, body: `{"success":tru`, class: failTransient, unknown: true, spent: true, errContains: "malformed JSON"},
+		{name: "not json", status: 200, body: `<html>hello</html>`, class: failTransient, unknown: true, spent: true},
+		{name: "huge lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":1e30}`, class: failTransient, salvage: true, errContains: "implausibly long"},
+		{name: "success false", status: 200, body: `{"success":false,"error":"nope"}`, class: failTransient, errContains: "call failed: nope"},
+		{name: "success missing", status: 200, body: `{"token":"a","refreshToken":"b","tokenLifetime":5}`, class: failTransient, errContains: "success is not true"},
+		{name: "success as string", status: 200, body: `{"success":"true","token":"a"}`, class: failTransient, errContains: "success is not true"},
+		{name: "no token", status: 200, body: `{"success":true,"refreshToken":"b","tokenLifetime":60}`, class: failTransient, salvage: true, errContains: "no token"},
+		{name: "no refresh token", status: 200, body: `{"success":true,"token":"a","tokenLifetime":60}`, class: failTransient, spent: true, errContains: "no refreshToken"},
+		{name: "zero lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":0}`, class: failTransient, salvage: true, errContains: "not positive"},
+		{name: "negative lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":-5}`, class: failTransient, salvage: true},
+		{name: "lifetime not a number", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":"x"}`, class: failTransient, salvage: true, errContains: "no numeric tokenLifetime"},
+		{name: "token of wrong type", status: 200, body: `{"success":true,"token":5,"refreshToken":"b","tokenLifetime":60}`, class: failTransient, salvage: true, errContains: "no token"},
+		{name: "lifetime missing", status: 200, body: `{"success":true,"token":"a","refreshToken":"b"}`, class: failTransient, salvage: true, errContains: "no numeric tokenLifetime"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			g, err := parseResponse(tc.status, tc.retryAfter, []byte(tc.body), testStart, "")
+			var ue *upstreamError
+			if !errors.As(err, &ue) {
+				t.Fatalf("err %v, want an upstreamError", err)
+			}
+			if ue.class != tc.class || ue.retryAfter != tc.retry || ue.unknownOutcome != tc.unknown || ue.spent != tc.spent {
+				t.Fatalf("got class %v retry %v unknown %v spent %v", ue.class, ue.retryAfter, ue.unknownOutcome, ue.spent)
+			}
+			if (g != nil) != tc.salvage {
+				t.Fatalf("grant %+v, salvage %v", g, tc.salvage)
+			}
+			if !strings.Contains(err.Error(), tc.errContains) {
+				t.Fatalf("error %q lacks %q", err, tc.errContains)
+			}
+		})
+	}
+}
+
+func TestParseResponseLifetimeAsString(t *testing.T) {
+	g, err := parseResponse(200, "", []byte(`{"success":true,"token":"a","refreshToken":"b","tokenLifetime":"90"}`), testStart, "")
+	if err != nil || g.lifetime != 90*time.Second || g.refreshLifetime != 0 {
+		t.Fatalf("%+v %v", g, err)
+	}
+}
+
+func TestParseResponseRedactsSecret(t *testing.T) {
+	body := `{"success":false,"error":"refresh token rt-secret-123 is not valid` + strings.Repeat("!", 500) + `"}`
+	_, err := parseResponse(401, "", []byte(body), testStart, "rt-secret-123")
+	if strings.Contains(err.Error(), "rt-secret-123") || !strings.Contains(err.Error(), "[redacted]") {
+		t.Fatalf("not redacted: %v", err)
+	}
+	if len(err.Error()) > 300 {
+		t.Fatalf("not cut short: %d bytes", len(err.Error()))
+	}
+}
+
+func TestSafeTextCutsAfterRedacting(t *testing.T) {
+	secret := "SECRETSECRET"
+	s := safeText(strings.Repeat("a", maxErrorText-4)+secret+"\n\x00tail", secret)
+	if strings.Contains(s, "SECR") || strings.ContainsAny(s, "\n\x00") {
+		t.Fatalf("%q", s)
+	}
+}
+
+// FuzzParseResponse: no input panics the parser, and whatever it accepts is a
+// complete session with a sane lifetime.
+func FuzzParseResponse(f *testing.F) {
+	f.Add(200, "", string(okBody("")))
+	f.Add(200, "", `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":"3600"}`)
+	f.Add(200, "", `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":1e309}`)
+	f.Add(200, "", `{"success":true,"token":"","refreshToken":"b","tokenLifetime":-1}`)
+	f.Add(200, "", `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":3600,"tokenExpiration":"x","refreshTokenExpiration":"2018-05-01T21:39:12Z"}`)
+	f.Add(429, "Wed, 21 Oct 2015 07:28:00 GMT", `{}`)
+	f.Add(401, "", `{"success":false,"error":"\u0000\u001b[31m"}`)
+	f.Add(500, "-1", "")
+	f.Add(200, "", "null")
+	f.Add(200, "", "[]")
+	f.Fuzz(func(t *testing.T, status int, retryAfter, body string) {
+		g, err := parseResponse(status, retryAfter, []byte(body), testStart, "")
+		if err == nil {
+			if status != 200 || g == nil || g.token == "" || g.refreshToken == "" || g.lifetime < time.Second || g.lifetime > maxTokenLifetime || g.refreshLifetime < 0 {
+				t.Fatalf("accepted %d %q as %+v", status, body, g)
+			}
+			var sb sessionBody
+			if json.Unmarshal([]byte(body), &sb) != nil && !strings.HasPrefix(strings.TrimSpace(body), "{") {
+				t.Fatalf("accepted a non-object body %q", body)
+			}
+			return
+		}
+		var ue *upstreamError
+		if !errors.As(err, &ue) {
+			t.Fatalf("error of type %T", err)
+		}
+		if ue.retryAfter < 0 || ue.retryAfter > maxRetryAfter {
+			t.Fatalf("retryAfter %v", ue.retryAfter)
+		}
+		if g != nil && g.refreshToken == "" {
+			t.Fatal("a salvaged grant without a refresh token")
+		}
+		if len([]rune(err.Error())) > 2*maxErrorText {
+			t.Fatalf("error too long: %d", len(err.Error()))
+		}
+	})
+}

@@ -1,0 +1,383 @@
+package teletracker
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"log"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
+)
+
+func TestConfigValidation(t *testing.T) {
+	cases := []struct {
+		name string
+		data map[string]interface{}
+		want string
+	}{
+		{"http to a remote host", map[string]interface{}{"base_url": "http://api.teletracker.net"}, "must use https://"},
+		{"other scheme", map[string]interface{}{"base_url": "ftp://127.0.0.1"}, "must use https://"},
+		{"not absolute", map[string]interface{}{"base_url": "api.teletracker.net"}, "absolute URL"},
+		{"credentials in url", map[string]interface{}{"base_url": "https://u:p@api.teletracker.net"}, "must not hold credentials"},
+		{"query in url", map[string]interface{}{"base_url": "https://api.teletracker.net/?a=b"}, "must not hold credentials, a query"},
+		{"margin zero", map[string]interface{}{"refresh_margin": "0s"}, "refresh_margin must be a positive"},
+		{"margin negative", map[string]interface{}{"refresh_margin": "-5m"}, "negative"},
+		{"margin not a duration", map[string]interface{}{"refresh_margin": "soon"}, "refresh_margin"},
+		{"margin 24h", map[string]interface{}{"refresh_margin": "24h"}, "refresh_margin must be below 24h"},
+		{"timeout zero", map[string]interface{}{"request_timeout": 0}, "request_timeout must be a positive"},
+		{"timeout too long", map[string]interface{}{"request_timeout": "31s"}, "request_timeout must be at most 30s"},
+		{"timeout not a duration", map[string]interface{}{"request_timeout": "fast"}, "request_timeout"},
+		{"ca_cert not pem", map[string]interface{}{"ca_cert": "hello"}, "PEM-encoded certificates"},
+		{"ca_cert a key", map[string]interface{}{"ca_cert": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}, `"PRIVATE KEY" PEM block`},
+		{"ca_cert garbage cert", map[string]interface{}{"ca_cert": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}, "does not parse"},
+		{"negative account", map[string]interface{}{"account_id": -1}, "account_id must not be negative"},
+		{"account not a number", map[string]interface{}{"account_id": "seven"}, "account_id"},
+		{"empty refresh token", map[string]interface{}{"refresh_token": " "}, "refresh_token must not be empty"},
+		{"password without username", map[string]interface{}{"username": ""}, "password needs a username"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			data := map[string]interface{}{"base_url": e.url, "username": "demo", "password": "demo-password"}
+			for k, v := range tc.data {
+				data[k] = v
+			}
+			resp, err := e.request(logical.UpdateOperation, "config", data)
+			if !resp.IsError() || !strings.Contains(resp.Error().Error(), tc.want) {
+				t.Fatalf("got resp=%v err=%v, want an error containing %q", resp, err, tc.want)
+			}
+			if err != nil && !errors.Is(err, logical.ErrInvalidRequest) {
+				t.Fatalf("err %v, want ErrInvalidRequest (400)", err)
+			}
+			if got := e.fake.Stats().LoginCalls + e.fake.Stats().RefreshCalls; got != 0 {
+				t.Fatalf("an invalid write called Teletracker %d times", got)
+			}
+			if s, _ := getConfig(context.Background(), e.storage); s != nil {
+				t.Fatal("an invalid write stored a config")
+			}
+		})
+	}
+}
+
+func TestConfigNeedsCredentials(t *testing.T) {
+	e := newTestEnv(t)
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "username": "demo"})
+	if !errors.Is(err, logical.ErrInvalidRequest) || !strings.Contains(resp.Error().Error(), "username and password are required") {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+}
+
+func TestConfigAcceptsLoopbackHTTPAndHTTPS(t *testing.T) {
+	for _, u := range []string{"http://127.0.0.1:1", "http://127.9.9.9", "http://[::1]:8200", "http://localhost:8200/", "https://api.teletracker.net/v1/"} {
+		got, err := parseBaseURL(u)
+		if err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
+		if strings.HasSuffix(got, "/") {
+			t.Errorf("%s: trailing slash kept: %s", u, got)
+		}
+	}
+}
+
+func TestConfigLoginAndRead(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(map[string]interface{}{"account_id": 42, "refresh_margin": "5m", "request_timeout": "3s"})
+	if got := e.fake.Stats().Logins; got != 1 {
+		t.Fatalf("logins %d, want 1", got)
+	}
+	data := e.mustRequest(logical.ReadOperation, "config", nil).Data
+	want := map[string]interface{}{
+		"base_url": e.url, "username": "demo", "account_id": int64(42), "refresh_margin": int64(300),
+		"request_timeout": int64(3), "ca_cert": "", "password_set": true,
+	}
+	if !reflect.DeepEqual(data, want) {
+		t.Fatalf("config read\n got %v\nwant %v", data, want)
+	}
+	if e.status()["state"] != stateHealthy {
+		t.Fatalf("status %v", e.status())
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	data := e.mustRequest(logical.ReadOperation, "config", nil).Data
+	if data["refresh_margin"] != int64(600) || data["request_timeout"] != int64(10) {
+		t.Fatalf("defaults: %v", data)
+	}
+	cfg, err := parseConfigWrite(nil, fieldData(map[string]interface{}{"username": "u", "password": "p"}), false)
+	if err != nil || cfg.cfg.BaseURL != defaultBaseURL {
+		t.Fatalf("default base_url: %v %v", cfg, err)
+	}
+}
+
+func TestConfigReadUnconfigured(t *testing.T) {
+	e := newTestEnv(t)
+	resp, err := e.request(logical.ReadOperation, "config", nil)
+	if err != nil || resp != nil {
+		t.Fatalf("resp=%v err=%v, want nothing", resp, err)
+	}
+}
+
+func TestConfigSeedWithRefreshToken(t *testing.T) {
+	e := newTestEnv(t)
+	seed, err := e.fake.NewSession("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
+	st := e.fake.Stats()
+	if st.Logins != 0 || st.Refreshes != 1 {
+		t.Fatalf("seed: logins %d refreshes %d, want 0 and 1", st.Logins, st.Refreshes)
+	}
+	data := e.mustRequest(logical.ReadOperation, "config", nil).Data
+	if data["password_set"] != false {
+		t.Fatalf("password_set %v", data["password_set"])
+	}
+	if tok := e.readToken().Data["token"].(string); !e.fake.Live(tok) {
+		t.Fatal("seeded token is not live")
+	}
+	// The seed is spent: the session carries on with the new refresh token.
+	e.clock.Add(55 * time.Minute)
+	if err := e.tick(); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.fake.Stats().Refreshes; got != 2 {
+		t.Fatalf("refreshes %d, want 2", got)
+	}
+	e.wantNoReuse()
+}
+
+func TestConfigRefusedWriteChangesNothing(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(map[string]interface{}{"refresh_margin": "5m"})
+	before := e.mustRequest(logical.ReadOperation, "config", nil).Data
+	sessBefore := e.stored()
+	tokenBefore := e.readToken().Data["token"]
+
+	cases := []struct {
+		name   string
+		data   map[string]interface{}
+		status int
+	}{
+		{"wrong password", map[string]interface{}{"password": "wrong-password", "refresh_margin": "7m"}, http.StatusBadRequest},
+		{"dead refresh token", map[string]interface{}{"refresh_token": "not-a-token", "refresh_margin": "7m"}, http.StatusBadRequest},
+		{"unreachable", map[string]interface{}{"base_url": "http://127.0.0.1:1", "refresh_margin": "7m"}, http.StatusBadGateway},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e.clock.Add(time.Minute) // stay clear of the refresh rate limit
+			resp, err := e.request(logical.UpdateOperation, "config", tc.data)
+			if got := statusOf(resp, err); got != tc.status {
+				t.Fatalf("status %d (resp=%v err=%v), want %d", got, resp, err, tc.status)
+			}
+			if after := e.mustRequest(logical.ReadOperation, "config", nil).Data; !reflect.DeepEqual(after, before) {
+				t.Fatalf("config changed:\n%v\n%v", before, after)
+			}
+			if s := e.stored(); !reflect.DeepEqual(s, sessBefore) {
+				t.Fatalf("session changed:\n%+v\n%+v", sessBefore, s)
+			}
+			if got := e.readToken().Data["token"]; got != tokenBefore {
+				t.Fatal("served token changed")
+			}
+		})
+	}
+}
+
+func TestConfigPartialUpdate(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(map[string]interface{}{"account_id": 7})
+	logins := e.fake.Stats().Logins
+
+	// Tuning fields alone: no new session.
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"refresh_margin": "15m", "request_timeout": 5})
+	if got := e.fake.Stats().Logins; got != logins {
+		t.Fatalf("a tuning write logged in (%d logins)", got)
+	}
+	data := e.mustRequest(logical.ReadOperation, "config", nil).Data
+	if data["refresh_margin"] != int64(900) || data["request_timeout"] != int64(5) ||
+		data["username"] != "demo" || data["account_id"] != int64(7) || data["password_set"] != true || data["base_url"] != e.url {
+		t.Fatalf("partial update lost fields: %v", data)
+	}
+
+	// A new password is checked by logging in with it.
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
+	if got := e.fake.Stats().Logins; got != logins+1 {
+		t.Fatalf("logins %d, want %d", got, logins+1)
+	}
+
+	// A change of account starts a new session with the stored password.
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"account_id": 8})
+	if got := e.fake.Stats().Logins; got != logins+2 {
+		t.Fatalf("logins %d, want %d", got, logins+2)
+	}
+
+	// An empty password removes it; the session carries on.
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": ""})
+	data = e.mustRequest(logical.ReadOperation, "config", nil).Data
+	if data["password_set"] != false {
+		t.Fatalf("password not removed: %v", data)
+	}
+	e.readToken()
+
+	// Without a password, changing the username cannot log in.
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"username": "other"})
+	if !errors.Is(err, logical.ErrInvalidRequest) || !strings.Contains(resp.Error().Error(), "username and password are required") {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+}
+
+func TestConfigDelete(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.readToken()
+	if resp, err := e.request(logical.DeleteOperation, "config", nil); err != nil || resp != nil {
+		t.Fatalf("delete: %v %v", resp, err)
+	}
+	if e.stored() != nil {
+		t.Fatal("session survived delete")
+	}
+	if cfg, _ := getConfig(context.Background(), e.storage); cfg != nil {
+		t.Fatal("config survived delete")
+	}
+	resp, err := e.request(logical.ReadOperation, "token", nil)
+	if !errors.Is(err, logical.ErrInvalidRequest) || !strings.Contains(resp.Error().Error(), "not configured") {
+		t.Fatalf("token after delete: %v %v", resp, err)
+	}
+	if got := e.status()["state"]; got != stateUnconfigured {
+		t.Fatalf("state %v", got)
+	}
+}
+
+func TestConfigCACert(t *testing.T) {
+	fake := fakett.New(fakett.Options{})
+	srv := httptest.NewUnstartedServer(fake)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake is expected
+	srv.StartTLS()
+	defer srv.Close()
+	caPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+	e := newTestEnv(t)
+
+	// Without the CA the TLS handshake fails: verification is never off.
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{
+		"base_url": srv.URL, "username": "demo", "password": "demo-password",
+	})
+	if statusOf(resp, err) != http.StatusBadGateway {
+		t.Fatalf("untrusted TLS: resp=%v err=%v", resp, err)
+	}
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{
+		"base_url": srv.URL, "username": "demo", "password": "demo-password", "ca_cert": caPEM,
+	})
+	if got := e.mustRequest(logical.ReadOperation, "config", nil).Data["ca_cert"]; got != strings.TrimSpace(caPEM) {
+		t.Fatalf("ca_cert read back %q", got)
+	}
+	if fake.Stats().Logins != 1 {
+		t.Fatal("no login over TLS")
+	}
+	if err := checkCACert(selfSignedPEM(t) + caPEM); err != nil {
+		t.Fatalf("two certificates: %v", err)
+	}
+}
+
+func TestConfigExistenceCheck(t *testing.T) {
+	e := newTestEnv(t)
+	data := map[string]interface{}{"base_url": e.url, "username": "demo", "password": "demo-password"}
+	if resp, err := e.request(logical.CreateOperation, "config", data); err != nil || resp != nil {
+		t.Fatalf("create: %v %v", resp, err)
+	}
+	ok, err := e.b.pathConfigExistenceCheck(context.Background(), &logical.Request{Storage: e.storage}, nil)
+	if err != nil || !ok {
+		t.Fatalf("exists after create: %v %v", ok, err)
+	}
+}
+
+// statusOf is the HTTP status Vault would answer with.
+func statusOf(resp *logical.Response, err error) int {
+	var coded logical.HTTPCodedError
+	switch {
+	case errors.As(err, &coded):
+		return coded.Code()
+	case errors.Is(err, logical.ErrInvalidRequest) || (err == nil && resp != nil && resp.IsError()):
+		return http.StatusBadRequest
+	case err != nil:
+		return http.StatusInternalServerError
+	case resp == nil:
+		return http.StatusNoContent
+	}
+	return http.StatusOK
+}
+
+// fieldData is d as the config path would see it.
+func fieldData(d map[string]interface{}) *framework.FieldData {
+	return &framework.FieldData{Raw: d, Schema: pathConfig(newBackend()).Fields}
+}
+
+// selfSignedPEM is a throwaway CA certificate.
+func selfSignedPEM(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test"},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+// FuzzConfigWrite feeds arbitrary input to the config parser: it must never
+// panic, and whatever it accepts must satisfy the config's rules.
+func FuzzConfigWrite(f *testing.F) {
+	f.Add("https://api.teletracker.net", "demo", "pw", int64(0), "10m", "10s", "", "")
+	f.Add("http://127.0.0.1:8080/", "", "", int64(3), "1", "30", "", "rt")
+	f.Add("http://evil.example", "u", "p", int64(-1), "-1s", "0", "-----BEGIN CERTIFICATE-----\n", "")
+	f.Add("https://[::1]:99999", "u", "", int64(1)<<40, "24h", "1h", "x", " ")
+	f.Fuzz(func(t *testing.T, baseURL, username, password string, account int64, margin, timeout, ca, refresh string) {
+		raw := map[string]interface{}{
+			"base_url": baseURL, "username": username, "password": password, "account_id": account,
+			"refresh_margin": margin, "request_timeout": timeout, "ca_cert": ca, "refresh_token": refresh,
+		}
+		d := fieldData(raw)
+		if d.Validate() != nil {
+			return // the framework refuses it before the handler runs
+		}
+		w, err := parseConfigWrite(nil, d, false)
+		if err != nil {
+			return
+		}
+		c := w.cfg
+		if c.RefreshMargin <= 0 || c.RefreshMargin >= maxRefreshMargin || c.RequestTimeout <= 0 || c.RequestTimeout > maxRequestTimeout {
+			t.Fatalf("accepted durations %v %v", c.RefreshMargin, c.RequestTimeout)
+		}
+		if _, err := parseBaseURL(c.BaseURL); err != nil {
+			t.Fatalf("accepted base_url %q: %v", c.BaseURL, err)
+		}
+		if c.AccountID < 0 || (w.refreshToken == "" && (c.Username == "" || c.Password == "")) {
+			t.Fatalf("accepted %+v", c)
+		}
+		if _, err := newClient(c, time.Now); err != nil {
+			t.Fatalf("accepted a config no client can be built from: %v", err)
+		}
+	})
+}

@@ -1,0 +1,119 @@
+package teletracker
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func pathStatus(b *backend) *framework.Path {
+	return &framework.Path{
+		Pattern: "status",
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: operationPrefix,
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{
+				Callback: b.pathStatusRead,
+				Summary:  "Report the health of the mount's Teletracker session.",
+				DisplayAttrs: &framework.DisplayAttributes{
+					OperationVerb:   "read",
+					OperationSuffix: "status",
+				},
+				Responses: map[int][]framework.Response{
+					http.StatusOK: {{
+						Description: "OK",
+						Fields:      statusResponseFields,
+					}},
+				},
+			},
+		},
+		HelpSynopsis:    pathStatusHelpSyn,
+		HelpDescription: pathStatusHelpDesc,
+	}
+}
+
+// statusResponseFields are the fields a status read returns; times are RFC
+// 3339, or empty when unknown.
+var statusResponseFields = map[string]*framework.FieldSchema{
+	"state":                    {Type: framework.TypeString, Required: true, Description: "unconfigured, healthy, degraded or reauth_required."},
+	"expires_at":               {Type: framework.TypeString, Required: true, Description: "When the bearer token expires."},
+	"refresh_token_expires_at": {Type: framework.TypeString, Required: true, Description: "When the refresh token expires on Vault's clock; empty if Teletracker did not say."},
+	"last_vault_rotation":      {Type: framework.TypeString, Required: true, Description: "When the current token was obtained."},
+	"next_vault_rotation":      {Type: framework.TypeString, Required: true, Description: "When the token is due for replacement."},
+	"next_attempt_at":          {Type: framework.TypeString, Required: true, Description: "After failures, when the engine will try again."},
+	"last_error":               {Type: framework.TypeString, Required: true, Description: "The last failure, if any since the last success."},
+	"last_error_at":            {Type: framework.TypeString, Required: true, Description: "When it happened."},
+	"consecutive_failures":     {Type: framework.TypeInt, Required: true, Description: "Failed calls since the last success."},
+	"refresh_count":            {Type: framework.TypeInt64, Required: true, Description: "Successful refreshes since the mount was configured."},
+	"unsaved":                  {Type: framework.TypeBool, Required: true, Description: "A new session is held in memory because storage refused it."},
+}
+
+func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	cfg, err := getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	s := b.unsaved.Load()
+	if s == nil && cfg != nil {
+		if s, err = getSession(ctx, req.Storage); err != nil {
+			return nil, err
+		}
+	}
+	data := map[string]interface{}{"state": stateUnconfigured}
+	for k := range statusResponseFields {
+		if k != "state" && statusResponseFields[k].Type == framework.TypeString {
+			data[k] = ""
+		}
+	}
+	data["consecutive_failures"] = 0
+	data["refresh_count"] = int64(0)
+	data["unsaved"] = b.unsaved.Load() != nil
+	if cfg == nil || s == nil {
+		if cfg != nil {
+			data["state"] = stateReauthRequired
+			data["last_error"] = "no session is stored; write password or refresh_token to config"
+		}
+		return &logical.Response{Data: data}, nil
+	}
+	data["state"] = s.state()
+	data["expires_at"] = timeText(s.ExpiresAt)
+	data["refresh_token_expires_at"] = timeText(s.RefreshTokenExpiresAt)
+	data["last_vault_rotation"] = timeText(s.ObtainedAt)
+	data["next_vault_rotation"] = timeText(s.refreshAt(cfg.RefreshMargin))
+	data["last_error"] = s.LastError
+	data["last_error_at"] = timeText(s.LastErrorAt)
+	data["consecutive_failures"] = s.ConsecutiveFailures
+	data["refresh_count"] = s.RefreshCount
+	if s.ConsecutiveFailures > 0 && !s.ReauthRequired {
+		data["next_attempt_at"] = timeText(s.NextAttemptAt)
+	}
+	return &logical.Response{Data: data}, nil
+}
+
+// timeText is t in RFC 3339, or empty when t is zero.
+func timeText(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+const pathStatusHelpSyn = `Report the health of the mount's Teletracker session, without secrets.`
+
+const pathStatusHelpDesc = `
+state is one of:
+  unconfigured     nothing written to config yet
+  healthy          the token is refreshed on schedule
+  degraded         refreshes fail; the token is served while it is valid, and
+                   the engine retries with backoff (see last_error, next_attempt_at)
+  reauth_required  Teletracker rejected the refresh token and there is no
+                   working stored password: write password or refresh_token
+                   to config
+
+The other fields give the token's and the refresh token's expiry on Vault's
+clock, the rotation times, the last error and the failure and refresh counts.
+`

@@ -1,0 +1,191 @@
+package teletracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// servedToken is what token reads are answered from: one session generation,
+// prepared once under the refresh lock so that a read takes no lock, touches
+// no storage, and allocates little beyond its response.
+type servedToken struct {
+	// generation is the session generation this was made from.
+	generation uint64
+	// expiresAt is when the bearer token expires.
+	expiresAt time.Time
+	// refreshAt is when the token is due for replacement (next_vault_rotation).
+	refreshAt time.Time
+	// holdUntil: past refreshAt, reads serve this token without trying a
+	// refresh until then (backoff, rate limit, or nothing to try).
+	holdUntil time.Time
+	// problem says what is wrong with the session, empty when healthy; it
+	// is a read's warning while the token is valid and its error after.
+	problem string
+
+	// The response values, boxed once.
+	token, expiresAtText, lastRotation, nextRotation, rotationPeriod any
+}
+
+// bearer is the token_type value, boxed once.
+var bearer any = "Bearer"
+
+// publish makes s the session token reads are answered from and returns it.
+// epoch is b.epoch as it was before s was loaded: if storage changed since,
+// the copy is dropped again at once. The caller holds refreshMu.
+func (b *backend) publish(epoch uint64, s *session, cfg *teletrackerConfig) *servedToken {
+	now := b.now()
+	st := &servedToken{
+		generation:     s.Generation,
+		expiresAt:      s.ExpiresAt,
+		refreshAt:      s.refreshAt(cfg.RefreshMargin),
+		token:          s.Token,
+		expiresAtText:  s.ExpiresAt.UTC().Format(time.RFC3339),
+		lastRotation:   s.ObtainedAt.UTC().Format(time.RFC3339),
+		rotationPeriod: int64(s.rotationPeriod(cfg.RefreshMargin) / time.Second),
+	}
+	st.nextRotation = st.refreshAt.UTC().Format(time.RFC3339)
+	switch {
+	case s.ReauthRequired:
+		st.holdUntil = s.ExpiresAt
+		st.problem = "the session needs re-authentication: " + s.LastError
+	case b.unsaved.Load() != nil:
+		st.holdUntil = now.Add(minRefreshInterval)
+		st.problem = errUnsaved.Error()
+	default:
+		st.holdUntil = b.earliestCall(now, s, triggerRead, s.RefreshRejected)
+		if s.ConsecutiveFailures > 0 {
+			st.problem = fmt.Sprintf("refreshing has failed %d times since %s (last error: %s); next attempt at %s",
+				s.ConsecutiveFailures, s.FailingSince.UTC().Format(time.RFC3339), s.LastError,
+				later(st.holdUntil, now).UTC().Format(time.RFC3339))
+		}
+	}
+	b.served.Store(st)
+	if b.epoch.Load() != epoch {
+		b.served.Store(nil)
+	}
+	return st
+}
+
+// fresh reports whether a read at now may be answered from st alone.
+func (st *servedToken) fresh(now time.Time) bool {
+	return now.Before(st.refreshAt) || (now.Before(st.expiresAt) && now.Before(st.holdUntil))
+}
+
+// ttl is the number of seconds until the engine will have replaced the
+// token: at least 1, and never past its expiry.
+func (st *servedToken) ttl(now time.Time) int64 {
+	end := st.refreshAt
+	if !now.Before(end) {
+		end = st.holdUntil
+	}
+	if st.expiresAt.Before(end) {
+		end = st.expiresAt
+	}
+	return max(int64(end.Sub(now)/time.Second), 1)
+}
+
+// response is the token read's answer at now.
+func (st *servedToken) response(now time.Time) *logical.Response {
+	resp := &logical.Response{Data: map[string]interface{}{
+		"token":               st.token,
+		"token_type":          bearer,
+		"expires_at":          st.expiresAtText,
+		"ttl":                 st.ttl(now),
+		"rotation_period":     st.rotationPeriod,
+		"last_vault_rotation": st.lastRotation,
+		"next_vault_rotation": st.nextRotation,
+	}}
+	if st.problem != "" {
+		resp.AddWarning(st.problem)
+	}
+	return resp
+}
+
+func pathToken(b *backend) *framework.Path {
+	return &framework.Path{
+		Pattern: "token",
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: operationPrefix,
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{
+				Callback: b.pathTokenRead,
+				Summary:  "Read the current Teletracker bearer token.",
+				DisplayAttrs: &framework.DisplayAttributes{
+					OperationVerb:   "read",
+					OperationSuffix: "token",
+				},
+				Responses: map[int][]framework.Response{
+					http.StatusOK: {{
+						Description: "OK",
+						Fields:      tokenResponseFields,
+					}},
+				},
+			},
+		},
+		HelpSynopsis:    pathTokenHelpSyn,
+		HelpDescription: pathTokenHelpDesc,
+	}
+}
+
+// tokenResponseFields are the fields a token read returns.
+var tokenResponseFields = map[string]*framework.FieldSchema{
+	"token":               {Type: framework.TypeString, Required: true, Description: "The bearer token."},
+	"token_type":          {Type: framework.TypeString, Required: true, Description: "Always Bearer."},
+	"expires_at":          {Type: framework.TypeString, Required: true, Description: "When the token expires (RFC 3339, Vault's clock)."},
+	"ttl":                 {Type: framework.TypeInt64, Required: true, Description: "Seconds until the engine will have replaced this token (at least 1)."},
+	"rotation_period":     {Type: framework.TypeInt64, Required: true, Description: "Seconds between two replacements of the token."},
+	"last_vault_rotation": {Type: framework.TypeString, Required: true, Description: "When this token was obtained (RFC 3339)."},
+	"next_vault_rotation": {Type: framework.TypeString, Required: true, Description: "When this token will be replaced at the latest (RFC 3339)."},
+}
+
+// pathTokenRead answers from memory when it can. Otherwise it goes through
+// the refresh lock, which refreshes first if the token is due.
+func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	if st := b.served.Load(); st != nil {
+		if now := b.now(); st.fresh(now) {
+			return st.response(now), nil
+		}
+	}
+	st, err := b.ensure(ctx, req.Storage, triggerRead)
+	if st == nil {
+		if errors.Is(err, errNotConfigured) {
+			return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
+		}
+		return nil, err
+	}
+	now := b.now()
+	if !now.Before(st.expiresAt) {
+		why := st.problem
+		if why == "" && err != nil {
+			why = err.Error()
+		}
+		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("the Teletracker token expired at %s and could not be replaced: %s",
+			st.expiresAtText, why))
+	}
+	resp := st.response(now)
+	if err != nil && st.problem == "" {
+		resp.AddWarning("could not replace the token that is due: " + err.Error())
+	}
+	return resp, nil
+}
+
+const pathTokenHelpSyn = `Read the current Teletracker bearer token.`
+
+const pathTokenHelpDesc = `
+Returns the session's bearer token with its expiry. The engine replaces the
+token before it expires (on Vault's periodic tick, or on this read if the tick
+has not), so a read normally never waits on Teletracker.
+
+ttl is the number of seconds until the engine will have replaced the token;
+with rotation_period it makes Vault Agent re-render right after each rotation.
+
+A read never returns an expired token: it fails and says why. While refreshes
+fail and the token is still valid, the read succeeds with a warning.
+`

@@ -1,0 +1,359 @@
+package teletracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/helper/consts"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
+)
+
+func TestTokenRead(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	resp := e.readToken()
+	d := resp.Data
+	tok, _ := d["token"].(string)
+	if !e.fake.Live(tok) {
+		t.Fatalf("token %q is not live on the fake", tok)
+	}
+	want := map[string]interface{}{
+		"token_type":          "Bearer",
+		"expires_at":          testStart.Add(time.Hour).Format(time.RFC3339),
+		"last_vault_rotation": testStart.Format(time.RFC3339),
+		"next_vault_rotation": testStart.Add(50 * time.Minute).Format(time.RFC3339),
+		"ttl":                 int64(50 * 60),
+		"rotation_period":     int64(50 * 60),
+	}
+	for k, v := range want {
+		if d[k] != v {
+			t.Errorf("%s = %v (%T), want %v", k, d[k], d[k], v)
+		}
+	}
+	if len(d) != 7 {
+		t.Errorf("token read returned %d fields: %v", len(d), d)
+	}
+	if resp.Secret != nil || len(resp.Warnings) != 0 {
+		t.Errorf("lease %v warnings %v, want none", resp.Secret, resp.Warnings)
+	}
+	// No secret but the bearer token, in any response.
+	s := e.stored()
+	for _, path := range []string{"token", "status", "config"} {
+		text := fmt.Sprint(e.mustRequest(logical.ReadOperation, path, nil).Data)
+		for _, secret := range []string{s.RefreshToken, s.GUID, "demo-password"} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s response holds a secret", path)
+			}
+		}
+	}
+}
+
+func TestTokenReadUnconfigured(t *testing.T) {
+	e := newTestEnv(t)
+	resp, err := e.request(logical.ReadOperation, "token", nil)
+	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "not configured") {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+}
+
+func TestTokenTTLCountsDown(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(20*time.Minute + 500*time.Millisecond)
+	if got := e.readToken().Data["ttl"]; got != int64(29*60+59) {
+		t.Fatalf("ttl %v", got)
+	}
+}
+
+// TestRotationWhenDueNotBefore: ticks leave the token alone until the last
+// tick before it enters its margin, then replace it once.
+func TestRotationWhenDueNotBefore(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil) // lifetime 1h, margin 10m: due at 50m
+	first := e.readToken().Data["token"]
+	for i := 1; i <= 48; i++ {
+		e.clock.Add(time.Minute)
+		if err := e.tick(); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.fake.Stats().RefreshCalls; got != 0 {
+			t.Fatalf("refreshed after %d minutes, before due", i)
+		}
+	}
+	e.clock.Add(time.Minute) // 49m: the next tick would be past the due time
+	if err := e.tick(); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.fake.Stats().Refreshes; got != 1 {
+		t.Fatalf("refreshes %d at 49m, want 1", got)
+	}
+	d := e.readToken().Data
+	if d["token"] == first || !e.fake.Live(d["token"].(string)) {
+		t.Fatal("read did not serve the new live token")
+	}
+	if d["last_vault_rotation"] != testStart.Add(49*time.Minute).Format(time.RFC3339) {
+		t.Fatalf("last_vault_rotation %v", d["last_vault_rotation"])
+	}
+	if err := e.tick(); err != nil || e.fake.Stats().RefreshCalls != 1 {
+		t.Fatalf("a second tick refreshed again: %v", err)
+	}
+	if e.status()["refresh_count"] != int64(1) {
+		t.Fatalf("status %v", e.status())
+	}
+	e.wantNoReuse()
+}
+
+// TestReadRefreshesWhenTickMissed: with no tick, the read that finds the token
+// due refreshes it synchronously.
+func TestReadRefreshesWhenTickMissed(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	first := e.readToken().Data["token"]
+	e.clock.Add(50 * time.Minute)
+	d := e.readToken().Data
+	if d["token"] == first || e.fake.Stats().Refreshes != 1 {
+		t.Fatalf("read did not refresh: %v", e.fake.Stats())
+	}
+}
+
+func TestSmallLifetimeUsesHalf(t *testing.T) {
+	e := newTestEnv(t, withFake(func(o *fakett.Options) { o.TokenLifetime = 10 * time.Minute }))
+	e.configure(nil) // margin 10m is over half of 10m: half is used
+	d := e.readToken().Data
+	if d["rotation_period"] != int64(300) || d["next_vault_rotation"] != testStart.Add(5*time.Minute).Format(time.RFC3339) {
+		t.Fatalf("%v", d)
+	}
+}
+
+// TestSingleFlight: hundreds of concurrent reads of a due token cause exactly
+// one refresh, and no refresh token is sent twice.
+func TestSingleFlight(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.readToken()
+	e.clock.Add(55 * time.Minute)
+	const readers = 500
+	var wg sync.WaitGroup
+	tokens := make([]string, readers)
+	errs := make([]error, readers)
+	start := make(chan struct{})
+	for i := 0; i < readers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			<-start
+			resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+				Operation: logical.ReadOperation, Path: "token", Storage: e.storage,
+			})
+			if err == nil && resp.IsError() {
+				err = resp.Error()
+			}
+			errs[i] = err
+			if err == nil {
+				tokens[i] = resp.Data["token"].(string)
+			}
+		}(i)
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("reader %d: %v", i, err)
+		}
+		if tokens[i] != tokens[0] || !e.fake.Live(tokens[i]) {
+			t.Fatalf("reader %d got a different or dead token", i)
+		}
+	}
+	st := e.fake.Stats()
+	if st.RefreshCalls != 1 || st.ReusedRefreshTokens != 0 {
+		t.Fatalf("refresh calls %d, re-used %d; want 1 and 0", st.RefreshCalls, st.ReusedRefreshTokens)
+	}
+}
+
+// TestConcurrentTicksRotatesAndReads: ticks, rotations and reads racing
+// each other never send a refresh token twice.
+func TestConcurrentTicksRotatesAndReads(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	var wg sync.WaitGroup
+	for round := 0; round < 20; round++ {
+		e.clock.Add(11 * time.Second)
+		for i := 0; i < 10; i++ {
+			wg.Add(3)
+			go func() { defer wg.Done(); _ = e.tick() }()
+			go func() {
+				defer wg.Done()
+				_, _ = e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "rotate", Storage: e.storage})
+			}()
+			go func() {
+				defer wg.Done()
+				_, _ = e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: e.storage})
+			}()
+		}
+		wg.Wait()
+	}
+	st := e.fake.Stats()
+	if st.Refreshes != 20 || st.ReusedRefreshTokens != 0 {
+		t.Fatalf("refreshes %d (want one per 11 s round: 20), re-used %d", st.Refreshes, st.ReusedRefreshTokens)
+	}
+}
+
+func TestExpiredTokenNeverServed(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.readToken()
+	e.fake.Fail("/auth/refresh", -1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	e.clock.Add(61 * time.Minute)
+	resp, err := e.request(logical.ReadOperation, "token", nil)
+	if statusOf(resp, err) != http.StatusBadGateway {
+		t.Fatalf("resp=%v err=%v, want 502", resp, err)
+	}
+	msg := err.Error()
+	for _, want := range []string{"expired at " + testStart.Add(time.Hour).Format(time.RFC3339), "HTTP 503", "failed 1 times since"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not say %q", msg, want)
+		}
+	}
+	// Reads inside the backoff fail from memory without calling Teletracker.
+	for i := 0; i < 100; i++ {
+		if _, err := e.request(logical.ReadOperation, "token", nil); err == nil {
+			t.Fatal("an expired token was served")
+		}
+	}
+	if got := e.fake.Stats().RefreshCalls; got != 1 {
+		t.Fatalf("refresh calls %d, want 1", got)
+	}
+}
+
+func TestDegradedServesValidTokenWithWarning(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	first := e.readToken().Data["token"]
+	e.fake.Fail("/auth/refresh", -1, fakett.Fault{Status: http.StatusInternalServerError})
+	e.clock.Add(50 * time.Minute)
+	resp := e.readToken()
+	if resp.Data["token"] != first || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "HTTP 500") {
+		t.Fatalf("data %v warnings %v", resp.Data, resp.Warnings)
+	}
+	// ttl points at the next attempt, never past expiry.
+	ttl := resp.Data["ttl"].(int64)
+	if ttl < 30 || ttl > int64(10*60) {
+		t.Fatalf("ttl %d", ttl)
+	}
+	if s := e.status(); s["state"] != stateDegraded || s["consecutive_failures"] != 1 || s["next_attempt_at"] == "" {
+		t.Fatalf("status %v", s)
+	}
+}
+
+// TestStandbyReadReturnsReadOnly: a performance standby serves a valid token
+// from storage, but a due one makes Vault forward the read.
+func TestStandbyReadReturnsReadOnly(t *testing.T) {
+	active := newTestEnv(t)
+	active.configure(nil)
+	standby := newTestEnv(t, withReplicationState(consts.ReplicationPerformanceStandby))
+	standby.storage.Storage = active.storage.Storage
+	standby.b.now = active.clock.Now
+
+	if got := standby.readToken().Data["token"]; got != active.readToken().Data["token"] {
+		t.Fatal("standby served another token")
+	}
+	active.clock.Add(55 * time.Minute)
+	_, err := standby.request(logical.ReadOperation, "token", nil)
+	if !errors.Is(err, logical.ErrReadOnly) {
+		t.Fatalf("err %v, want ErrReadOnly", err)
+	}
+	if err := standby.tick(); err != nil {
+		t.Fatal(err)
+	}
+	if st := active.fake.Stats(); st.RefreshCalls != 0 {
+		t.Fatalf("a standby called Teletracker: %+v", st)
+	}
+	for _, path := range []string{"rotate", "config"} {
+		if _, err := standby.request(logical.UpdateOperation, path, map[string]interface{}{}); !errors.Is(err, logical.ErrReadOnly) {
+			t.Fatalf("%s on standby: %v, want forwarding", path, err)
+		}
+	}
+}
+
+// TestSkewedServerClock: expiry is computed on Vault's clock whatever the
+// server's clock says, and the refresh token's expiry is the server's own
+// difference, so skew cancels.
+func TestSkewedServerClock(t *testing.T) {
+	for _, skew := range []time.Duration{-5 * time.Hour, 7 * time.Hour, -24 * time.Hour, 24 * time.Hour} {
+		t.Run(skew.String(), func(t *testing.T) {
+			e := newTestEnv(t, withFake(func(o *fakett.Options) { o.Skew = skew }))
+			e.configure(nil)
+			if got := e.readToken().Data["expires_at"]; got != testStart.Add(time.Hour).Format(time.RFC3339) {
+				t.Fatalf("expires_at %v", got)
+			}
+			if got := e.status()["refresh_token_expires_at"]; got != testStart.Add(30*24*time.Hour).Format(time.RFC3339) {
+				t.Fatalf("refresh_token_expires_at %v", got)
+			}
+			e.clock.Add(49 * time.Minute)
+			if err := e.tick(); err != nil || e.fake.Stats().Refreshes != 1 {
+				t.Fatalf("tick: %v %+v", err, e.fake.Stats())
+			}
+		})
+	}
+}
+
+// TestRefreshBeforeRefreshTokenExpires: a long-lived bearer token does not
+// let the refresh token lapse.
+func TestRefreshBeforeRefreshTokenExpires(t *testing.T) {
+	e := newTestEnv(t, withFake(func(o *fakett.Options) {
+		o.TokenLifetime = 20 * time.Hour
+		o.RefreshLifetime = 2 * time.Hour
+	}))
+	e.configure(nil)
+	for i := 0; i < 108; i++ { // to 1h48m: the refresh token has 12m left
+		e.clock.Add(time.Minute)
+		if err := e.tick(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.fake.Stats().Refreshes; got != 0 {
+		t.Fatalf("refreshed early: %d", got)
+	}
+	e.clock.Add(time.Minute)
+	if err := e.tick(); err != nil || e.fake.Stats().Refreshes != 1 {
+		t.Fatalf("refresh token about to expire, refreshes %d (%v)", e.fake.Stats().Refreshes, err)
+	}
+}
+
+func BenchmarkTokenRead(b *testing.B) {
+	e := newTestEnv(b)
+	e.configure(nil)
+	req := &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: e.storage}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := e.b.pathTokenRead(ctx, req, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkTokenReadParallel(b *testing.B) {
+	e := newTestEnv(b)
+	e.configure(nil)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		req := &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: e.storage}
+		for pb.Next() {
+			if _, err := e.b.pathTokenRead(ctx, req, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,475 @@
+package teletracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// rotation.go decides when the session is refreshed and does it, under the
+// one refresh lock: take the lock, re-read config and session from storage,
+// decide again, store a marker, call Teletracker, store the result before
+// anything else happens. Every path that calls Teletracker comes through here
+// or through establish (a config write), which holds the same lock.
+
+const (
+	// tickInterval is how often Vault calls PeriodicFunc.
+	tickInterval = time.Minute
+	// minRefreshInterval is the least time between two /auth/refresh calls
+	// of a mount, whatever clocks, lifetimes or callers say.
+	minRefreshInterval = 10 * time.Second
+	// minRetryInterval is the least time between a failed call and the next.
+	minRetryInterval = 30 * time.Second
+	// maxBackoff caps the exponential backoff after failures.
+	maxBackoff = 5 * time.Minute
+	// saveAttempts is how often a new session's storage write is tried
+	// before the session is held in memory instead.
+	saveAttempts = 4
+	// saveRetryDelay is the first pause between those tries; it doubles.
+	saveRetryDelay = 50 * time.Millisecond
+)
+
+// trigger is what asks for a refresh.
+type trigger int
+
+const (
+	// triggerTick is Vault's periodic tick: refresh ahead of need.
+	triggerTick trigger = iota
+	// triggerRead is a token read that found the token due.
+	triggerRead
+	// triggerRotate is an operator forcing a refresh.
+	triggerRotate
+)
+
+// errNotConfigured is returned when the mount has no config.
+var errNotConfigured = errors.New("teletracker is not configured: write username and password, or refresh_token, to config")
+
+// rateLimitedError says a call to Teletracker is not allowed before until.
+type rateLimitedError struct {
+	// until is the earliest time of the next call.
+	until time.Time
+	// why names the limit.
+	why string
+}
+
+func (e *rateLimitedError) Error() string {
+	return fmt.Sprintf("%s: Teletracker will not be called before %s", e.why, e.until.UTC().Format(time.RFC3339))
+}
+
+// errUnsaved is returned instead of refreshing while a session is held in
+// memory because storage refused it: its predecessor must never be sent.
+var errUnsaved = errors.New("the current session is not yet stored (storage is failing); no refresh until it is")
+
+// wants reports whether, for trigger t, s should get a new token now.
+// A tick looks one tick ahead, so that token reads do not find the token due
+// and wait on Teletracker in the normal case.
+func (s *session) wants(now time.Time, configured time.Duration, t trigger) bool {
+	if s.ReauthRequired {
+		return false
+	}
+	switch t {
+	case triggerRotate:
+		return true
+	case triggerRead:
+		return !now.Before(s.refreshAt(configured))
+	}
+	if s.Pending != nil || s.RefreshRejected {
+		return true
+	}
+	ahead := now.Add(tickInterval)
+	if !ahead.Before(s.refreshAt(configured)) {
+		return true
+	}
+	return !s.RefreshTokenExpiresAt.IsZero() && !ahead.Add(configured).Before(s.RefreshTokenExpiresAt)
+}
+
+// earliestCall is the first moment Teletracker may be called for s: at least
+// minRefreshInterval after the last refresh (when this call is a refresh),
+// minRetryInterval after a failure, and, for the automatic triggers, the end
+// of the backoff. Times come both from storage (survives restarts) and from
+// this process's memory (monotonic with a real clock), so neither a restart
+// nor a clock jump can cause a burst of calls.
+func (b *backend) earliestCall(now time.Time, s *session, t trigger, login bool) time.Time {
+	var at time.Time
+	if !login {
+		at = sinceLast(now, minRefreshInterval, s.LastRefreshAt, b.lastRefresh)
+	}
+	if s.ConsecutiveFailures > 0 {
+		at = later(at, sinceLast(now, minRetryInterval, s.LastErrorAt, b.lastFailure))
+		if t != triggerRotate && s.NextAttemptAt.Sub(now) <= maxRetryAfter+maxBackoff {
+			at = later(at, s.NextAttemptAt)
+		}
+	}
+	return at
+}
+
+// sinceLast is d after the latest of times. A time that would put the answer
+// more than d ahead of now means the clock went back; it is ignored, so that
+// a clock jump cannot stop refreshes for as long as it jumped.
+func sinceLast(now time.Time, d time.Duration, times ...time.Time) time.Time {
+	var at time.Time
+	for _, t := range times {
+		if next := t.Add(d); next.Sub(now) <= d {
+			at = later(at, next)
+		}
+	}
+	return at
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// backoff is the wait after the n-th consecutive failure: exponential from
+// minRetryInterval, capped at maxBackoff, with up to 25% jitter on top.
+func backoff(n int) time.Duration {
+	d := maxBackoff
+	if n < 10 {
+		d = min(minRetryInterval<<(n-1), maxBackoff)
+	}
+	return d + time.Duration(rand.Int64N(int64(d/4)+1))
+}
+
+// ensure brings the session up to date for trigger t and returns what token
+// reads are to be answered from. When an attempt was due but failed or was
+// not allowed, it returns both the token to serve and the error saying why.
+// On a node whose storage is read-only it returns logical.ErrReadOnly before
+// calling Teletracker, so that Vault forwards the request to the active node.
+func (b *backend) ensure(ctx context.Context, storage logical.Storage, t trigger) (*servedToken, error) {
+	b.refreshMu.Lock()
+	defer b.refreshMu.Unlock()
+
+	epoch := b.epoch.Load()
+	cfg, err := getConfig(ctx, storage)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return nil, errNotConfigured
+	}
+	s, err := b.currentSession(ctx, storage)
+	if err != nil {
+		return nil, err
+	}
+	if s == nil {
+		return nil, errNotConfigured
+	}
+	now := b.now()
+	if !s.wants(now, cfg.RefreshMargin, t) {
+		return b.publish(epoch, s, cfg), nil
+	}
+	if !b.WriteSafeReplicationState() {
+		return nil, logical.ErrReadOnly
+	}
+	if b.unsaved.Load() != nil {
+		return b.publish(epoch, s, cfg), errUnsaved
+	}
+	login := s.RefreshRejected
+	if at := b.earliestCall(now, s, t, login); now.Before(at) {
+		why := "refresh rate limit"
+		if s.ConsecutiveFailures > 0 {
+			why = "backing off after failures"
+		}
+		return b.publish(epoch, s, cfg), &rateLimitedError{until: at, why: why}
+	}
+	s, err = b.renew(ctx, storage, cfg, s, login)
+	return b.publish(epoch, s, cfg), err
+}
+
+// renew makes one attempt to replace s's token: a refresh, or a login when
+// the refresh token is known to be dead. It returns the session to serve from
+// now on (the new one, or s with the failure recorded) and the attempt's
+// error. The caller holds refreshMu.
+func (b *backend) renew(ctx context.Context, storage logical.Storage, cfg *teletrackerConfig, s *session, login bool) (*session, error) {
+	ctx, cancel := detach(ctx)
+	defer cancel()
+	c, err := b.clientFor(cfg)
+	if err != nil {
+		return s, err
+	}
+
+	var callErr error
+	if !login {
+		var next *session
+		next, callErr = b.refresh(ctx, storage, cfg, c, s)
+		if next == nil {
+			return s, callErr
+		}
+		s = next
+		// A refresh token rejected or spent without a successor: log in at
+		// once when a password is stored.
+		login = s.RefreshRejected && !s.ReauthRequired
+	}
+	if login {
+		s, callErr = b.login(ctx, cfg, c, s)
+	}
+	if err := b.saveSession(ctx, storage, s); err != nil && callErr == nil {
+		callErr = err
+	}
+	return s, callErr
+}
+
+// refresh stores the marker, spends s's refresh token and returns the session
+// that results, not yet stored. It returns a nil session when the marker
+// could not be stored: then Teletracker was not called.
+func (b *backend) refresh(ctx context.Context, storage logical.Storage, cfg *teletrackerConfig, c *client, s *session) (*session, error) {
+	interrupted := s.Pending
+	sentAt := b.now()
+	marked := *s
+	marked.Pending = &pendingRefresh{Generation: s.Generation, StartedAt: sentAt}
+	marked.LastRefreshAt = sentAt
+	if err := putSession(ctx, storage, &marked); err != nil {
+		b.Logger().Error("refresh not attempted: storing the refresh marker failed", "error", err)
+		return nil, fmt.Errorf("refresh not attempted: %w", err)
+	}
+	b.lastRefresh = sentAt
+
+	callCtx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
+	g, err := c.refresh(callCtx, s.RefreshToken)
+	cancel()
+
+	var ue *upstreamError
+	switch {
+	case err == nil:
+		next := marked.withGrant(g, sentAt)
+		next.RefreshCount++
+		b.Logger().Info("token refreshed", "generation", next.Generation, "expires_at", next.ExpiresAt.Format(time.RFC3339))
+		return next, nil
+	case g != nil:
+		// The answer was faulty but carried a new refresh token: ours is
+		// spent, this one is the session's only way on. Keep it, keep
+		// serving the old bearer token, and count the failure.
+		next := marked.failed(err, sentAt, b.now())
+		next.Generation++
+		next.RefreshToken = g.refreshToken
+		next.Pending = nil
+		b.lastFailure = sentAt
+		b.Logger().Warn("refresh answer incomplete; kept its new refresh token", "error", err, "generation", next.Generation)
+		return next, err
+	case errors.As(err, &ue) && ue.class == failRejected:
+		next := marked.failed(err, sentAt, b.now())
+		next.Pending = nil
+		next.RefreshRejected = true
+		next.LastError = "refresh token rejected: " + err.Error()
+		if interrupted != nil {
+			next.LastError = fmt.Sprintf("a refresh started at %s was interrupted (its result was never stored), and Teletracker now rejects the refresh token it sent: %s",
+				interrupted.StartedAt.UTC().Format(time.RFC3339), err.Error())
+		}
+		if cfg.Password == "" {
+			next.ReauthRequired = true
+			next.LastError += "; write password or refresh_token to config"
+		}
+		b.lastFailure = sentAt
+		b.Logger().Warn("refresh token rejected", "error", err, "login_next", cfg.Password != "", "interrupted_refresh", interrupted != nil)
+		return next, err
+	case errors.As(err, &ue) && ue.spent && (cfg.Password != "" || !ue.unknownOutcome):
+		// Accepted without a usable successor: the refresh token is gone.
+		// Do not send it again; log in, or ask for a new credential. (A
+		// merely presumed loss with no password to fall back on is tried
+		// once more below instead: it may be the session's only way on.)
+		next := marked.failed(err, sentAt, b.now())
+		next.Pending = nil
+		next.RefreshRejected = true
+		next.LastError = "refresh token spent without a successor: " + err.Error()
+		if cfg.Password == "" {
+			next.ReauthRequired = true
+			next.LastError += "; write password or refresh_token to config"
+		}
+		b.lastFailure = sentAt
+		b.Logger().Warn("refresh answer had no new refresh token", "error", err, "login_next", cfg.Password != "")
+		return next, err
+	default:
+		// Transient. When the outcome is unknown (timeout, unreadable
+		// answer) the marker stays: the token is tried once more, and a
+		// rejection then is reported as an interrupted refresh.
+		next := marked.failed(err, sentAt, b.now())
+		if !errors.As(err, &ue) || !ue.unknownOutcome {
+			next.Pending = nil
+		}
+		b.lastFailure = sentAt
+		b.Logger().Warn("refresh failed", "error", err, "consecutive_failures", next.ConsecutiveFailures,
+			"next_attempt_at", next.NextAttemptAt.Format(time.RFC3339))
+		return next, err
+	}
+}
+
+// login starts a new session with the stored password because s's refresh
+// token no longer works. It returns the new session, or s with the failure.
+func (b *backend) login(ctx context.Context, cfg *teletrackerConfig, c *client, s *session) (*session, error) {
+	sentAt := b.now()
+	callCtx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
+	g, err := c.login(callCtx, cfg.Username, cfg.Password, cfg.AccountID)
+	cancel()
+	if err == nil {
+		next := s.withGrant(g, sentAt)
+		b.Logger().Info("logged in again after the refresh token was rejected", "generation", next.Generation)
+		return next, nil
+	}
+	next := s.failed(err, sentAt, b.now())
+	next.RefreshRejected = true
+	b.lastFailure = sentAt
+	var ue *upstreamError
+	if errors.As(err, &ue) && ue.class == failRejected {
+		next.ReauthRequired = true
+		next.LastError = "refresh token and stored password both rejected: " + err.Error() + "; write password or refresh_token to config"
+	} else {
+		next.LastError = "refresh token rejected; logging in again failed: " + err.Error()
+	}
+	b.Logger().Warn("login after rejected refresh token failed", "error", err, "reauth_required", next.ReauthRequired)
+	return next, err
+}
+
+// withGrant is the session that a successful call sent at sentAt starts or
+// continues. s may be nil (no session before).
+func (s *session) withGrant(g *grant, sentAt time.Time) *session {
+	next := &session{
+		GUID:         g.guid,
+		Token:        g.token,
+		RefreshToken: g.refreshToken,
+		Lifetime:     g.lifetime,
+		ObtainedAt:   sentAt,
+		ExpiresAt:    sentAt.Add(g.lifetime),
+	}
+	if g.refreshLifetime > 0 {
+		next.RefreshTokenExpiresAt = sentAt.Add(g.refreshLifetime)
+	}
+	if s != nil {
+		next.Generation = s.Generation
+		next.RefreshCount = s.RefreshCount
+		next.LastRefreshAt = s.LastRefreshAt
+	}
+	next.Generation++
+	return next
+}
+
+// failed is s with a failed call, sent at sentAt and answered at now,
+// recorded: its error, and the backoff before the next automatic attempt.
+func (s *session) failed(err error, sentAt, now time.Time) *session {
+	next := *s
+	next.ConsecutiveFailures++
+	if next.ConsecutiveFailures == 1 {
+		next.FailingSince = sentAt
+	}
+	next.LastError = err.Error()
+	next.LastErrorAt = sentAt
+	wait := backoff(next.ConsecutiveFailures)
+	var ue *upstreamError
+	if errors.As(err, &ue) && ue.retryAfter > wait {
+		wait = ue.retryAfter
+	}
+	next.NextAttemptAt = later(sentAt, now).Add(wait)
+	return &next
+}
+
+// establish starts the session a config write asks for: a login, or one
+// refresh of the refresh token the operator gave. The session is stored
+// before it returns; nothing is stored when Teletracker refuses.
+func (b *backend) establish(ctx context.Context, storage logical.Storage, w *configWrite, cur *session) (*session, error) {
+	ctx, cancel := detach(ctx)
+	defer cancel()
+	c, err := b.clientFor(w.cfg)
+	if err != nil {
+		return nil, err
+	}
+	now := b.now()
+	if w.refreshToken != "" && cur != nil {
+		if at := b.earliestCall(now, cur, triggerRotate, false); now.Before(at) {
+			return nil, &rateLimitedError{until: at, why: "refresh rate limit"}
+		}
+	}
+
+	callCtx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+	defer cancel()
+	var g *grant
+	if w.refreshToken != "" {
+		b.lastRefresh = now
+		g, err = c.refresh(callCtx, w.refreshToken)
+	} else {
+		g, err = c.login(callCtx, w.cfg.Username, w.cfg.Password, w.cfg.AccountID)
+	}
+	if err != nil {
+		b.Logger().Warn("config write: Teletracker call failed", "error", err, "seed", w.refreshToken != "")
+		if g != nil {
+			return nil, fmt.Errorf("%w (the refresh_token given is now spent)", err)
+		}
+		return nil, err
+	}
+	next := cur.withGrant(g, now)
+	if w.refreshToken != "" {
+		next.LastRefreshAt = now
+		next.RefreshCount++
+	}
+	if err := b.saveSession(ctx, storage, next); err != nil {
+		return nil, err
+	}
+	b.Logger().Info("session established", "generation", next.Generation, "seed", w.refreshToken != "")
+	return next, nil
+}
+
+// currentSession is the session to act on: the one held in memory because
+// its storage write failed (stored now, if storage allows), else the stored
+// one. The caller holds refreshMu.
+func (b *backend) currentSession(ctx context.Context, storage logical.Storage) (*session, error) {
+	if s := b.unsaved.Load(); s != nil {
+		if err := putSession(ctx, storage, s); err != nil {
+			b.Logger().Error("session held in memory still not stored; no refresh until it is", "error", err)
+			return s, nil
+		}
+		b.unsaved.Store(nil)
+		b.Logger().Info("session held in memory is now stored", "generation", s.Generation)
+		return s, nil
+	}
+	return getSession(ctx, storage)
+}
+
+// saveSession stores s, retrying with a doubling pause while ctx allows.
+// If every try fails, s is held in memory: served, stored on a later tick,
+// and no refresh is sent until it is. The caller holds refreshMu.
+func (b *backend) saveSession(ctx context.Context, storage logical.Storage, s *session) error {
+	delay := saveRetryDelay
+	var err error
+	for i := 0; i < saveAttempts; i++ {
+		if err = putSession(ctx, storage, s); err == nil {
+			b.unsaved.Store(nil)
+			return nil
+		}
+		if dl, ok := ctx.Deadline(); i == saveAttempts-1 || (ok && time.Until(dl) < delay) {
+			break
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+		}
+		delay *= 2
+	}
+	b.unsaved.Store(s)
+	b.Logger().Error("new session not stored; holding it in memory and retrying on every tick", "error", err, "generation", s.Generation)
+	return fmt.Errorf("new session obtained but not stored (held in memory, retried on every tick): %w", err)
+}
+
+// resumeInterrupted handles a refresh marker found at start-up: the refresh
+// token it names may be spent, so it is tried at once rather than when due.
+func (b *backend) resumeInterrupted(ctx context.Context, storage logical.Storage) {
+	if _, err := b.ensure(ctx, storage, triggerTick); err != nil && !errors.Is(err, errNotConfigured) {
+		b.Logger().Warn("resuming an interrupted refresh failed", "error", err)
+	}
+}
+
+// detach returns a context that keeps ctx's values and deadline but not its
+// cancellation: once a credential is sent, a caller going away must not stop
+// the result from being stored.
+func detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := context.WithoutCancel(ctx)
+	if dl, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(d, dl)
+	}
+	return context.WithCancel(d)
+}
