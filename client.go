@@ -24,10 +24,10 @@ import (
 // so whether to send it again is rotation.go's decision, not a transport's.
 
 const (
-	maxResponseBytes = 1 << 20   // larger bodies are refused
-	maxRetryAfter    = time.Hour // a longer Retry-After is read as an hour
+	maxResponseBytes = 1 << 20        // larger bodies are refused
+	maxRetryAfter    = time.Hour      // a longer Retry-After is read as an hour
 	maxTokenLifetime = 24 * time.Hour // a longer tokenLifetime is not believed
-	maxErrorText     = 200 // characters of an upstream message kept in an error
+	maxErrorText     = 200            // characters of an upstream message kept in an error
 )
 
 // failureClass says what an upstream failure means for the session.
@@ -98,15 +98,15 @@ type grant struct {
 
 // sessionBody is the JSON Teletracker answers with; unknown fields are ignored.
 type sessionBody struct {
-	Success                *bool       `json:"success"`
-	GUID                   string      `json:"guid"`
-	Token                  string      `json:"token"`
-	TokenExpiration        string      `json:"tokenExpiration"`
+	Success                *bool           `json:"success"`
+	GUID                   string          `json:"guid"`
+	Token                  string          `json:"token"`
+	TokenExpiration        string          `json:"tokenExpiration"`
 	TokenLifetime          json.RawMessage `json:"tokenLifetime"`
-	RefreshToken           string      `json:"refreshToken"`
-	RefreshTokenExpiration string      `json:"refreshTokenExpiration"`
-	Error                  string      `json:"error"`
-	Message                string      `json:"message"`
+	RefreshToken           string          `json:"refreshToken"`
+	RefreshTokenExpiration string          `json:"refreshTokenExpiration"`
+	Error                  string          `json:"error"`
+	Message                string          `json:"message"`
 }
 
 // client calls one Teletracker deployment.

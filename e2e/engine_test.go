@@ -1,0 +1,325 @@
+package e2e
+
+import (
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// TestRegisterConfigureRead: the plugin is registered with its checksum and
+// version, mounts, configures, and serves a token the fake accepts.
+func TestRegisterConfigureRead(t *testing.T) {
+	c := env.dev.client
+	entry, err := c.Logical().ReadWithData("sys/plugins/catalog/secret/"+pluginName, map[string][]string{"version": {env.version}})
+	if err != nil || entry == nil {
+		t.Fatalf("catalog: %v", err)
+	}
+	if entry.Data["sha256"] != env.sha256 || entry.Data["version"] != env.version {
+		t.Fatalf("catalog entry %v", entry.Data)
+	}
+	f := startFake(t)
+	enableMount(t, c, "tt-basic")
+	configure(t, c, "tt-basic", f, nil)
+	d := readToken(t, c, "tt-basic")
+	if !f.live(t, d["token"].(string)) {
+		t.Fatal("the token is not accepted by the fake")
+	}
+	if d["token_type"] != "Bearer" || d["ttl"] == nil || d["rotation_period"] == nil {
+		t.Fatalf("token data %v", d)
+	}
+
+	mounts, err := c.Sys().ListMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := mounts["tt-basic/"]; m == nil || m.RunningVersion != env.version || m.RunningSha256 != env.sha256 {
+		t.Fatalf("mount %+v, want running version %s", m, env.version)
+	}
+
+	status, err := c.Logical().Read("tt-basic/status")
+	if err != nil || status.Data["state"] != "healthy" {
+		t.Fatalf("status %v %v", status, err)
+	}
+	for _, path := range []string{"tt-basic/token", "tt-basic/config", "tt-basic/rotate", "tt-basic/status"} {
+		out, err := env.dev.cli(rootToken, "path-help", path)
+		if err != nil || !strings.Contains(out, "## DESCRIPTION") {
+			t.Fatalf("path-help %s: %v\n%s", path, err, out)
+		}
+	}
+	if st := f.stats(t); st.Logins != 1 || st.ReusedRefreshTokens != 0 {
+		t.Fatalf("fake stats %+v", st)
+	}
+}
+
+// TestAppPolicy: a token with only the example app policy reads the token
+// and nothing else.
+func TestAppPolicy(t *testing.T) {
+	c := env.dev.client
+	f := startFake(t)
+	enableMount(t, c, "teletracker")
+	configure(t, c, "teletracker", f, nil)
+
+	policy, err := os.ReadFile(filepath.Join(env.repoRoot, "examples", "app-policy.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sys().PutPolicy("teletracker-app", string(policy)); err != nil {
+		t.Fatal(err)
+	}
+	secret, err := c.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{"teletracker-app"}, NoDefaultPolicy: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := c.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	app.SetToken(secret.Auth.ClientToken)
+
+	if d := readToken(t, app, "teletracker"); !f.live(t, d["token"].(string)) {
+		t.Fatal("app read a dead token")
+	}
+	denied := map[string]func() error{
+		"write config": func() error {
+			_, err := app.Logical().Write("teletracker/config", map[string]interface{}{"refresh_margin": "5m"})
+			return err
+		},
+		"read config":   func() error { _, err := app.Logical().Read("teletracker/config"); return err },
+		"delete config": func() error { _, err := app.Logical().Delete("teletracker/config"); return err },
+		"rotate":        func() error { _, err := app.Logical().Write("teletracker/rotate", nil); return err },
+		"read status":   func() error { _, err := app.Logical().Read("teletracker/status"); return err },
+	}
+	for name, f := range denied {
+		if err := f(); statusCode(err) != http.StatusForbidden {
+			t.Errorf("%s with the app policy: %v, want 403", name, err)
+		}
+	}
+}
+
+// TestAuditLogHidesSecrets: with a file audit device, neither the bearer
+// token nor the credentials appear in clear in the audit log.
+func TestAuditLogHidesSecrets(t *testing.T) {
+	c := env.dev.client
+	f := startFake(t)
+	auditFile := filepath.Join(t.TempDir(), "audit.log")
+	if err := c.Sys().EnableAuditWithOptions("tt-audit", &api.EnableAuditOptions{
+		Type: "file", Options: map[string]string{"file_path": auditFile},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Sys().DisableAudit("tt-audit") })
+	enableMount(t, c, "tt-audit")
+	var seed struct {
+		RefreshToken string `json:"refresh_token"`
+	}
+	f.admin(t, http.MethodPost, "/_fake/session", map[string]string{"username": "demo"}, &seed)
+	configure(t, c, "tt-audit", f, map[string]interface{}{"refresh_token": seed.RefreshToken})
+	token := readToken(t, c, "tt-audit")["token"].(string)
+	if _, err := c.Logical().Write("tt-audit/rotate", nil); err != nil && statusCode(err) != http.StatusTooManyRequests {
+		t.Fatal(err)
+	}
+	rotated := readToken(t, c, "tt-audit")["token"].(string)
+
+	log, err := os.ReadFile(auditFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), "tt-audit/token") {
+		t.Fatal("the audit log did not record the token reads")
+	}
+	for name, secret := range map[string]string{"token": token, "rotated token": rotated, "password": "demo-password", "seed": seed.RefreshToken} {
+		if strings.Contains(string(log), secret) {
+			t.Errorf("the %s appears in clear in the audit log", name)
+		}
+	}
+}
+
+// TestTwoMounts: two mounts of the plugin hold independent sessions.
+func TestTwoMounts(t *testing.T) {
+	c := env.dev.client
+	fa, fb := startFake(t), startFake(t)
+	enableMount(t, c, "tt-a")
+	enableMount(t, c, "tt-b")
+	configure(t, c, "tt-a", fa, nil)
+	configure(t, c, "tt-b", fb, nil)
+	a, b := readToken(t, c, "tt-a")["token"].(string), readToken(t, c, "tt-b")["token"].(string)
+	if !fa.live(t, a) || !fb.live(t, b) || fa.live(t, b) || fb.live(t, a) {
+		t.Fatal("the mounts do not hold their own sessions")
+	}
+	if _, err := c.Logical().Write("tt-a/rotate", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := readToken(t, c, "tt-b")["token"]; got != b {
+		t.Fatal("rotating one mount changed the other")
+	}
+	if got := readToken(t, c, "tt-a")["token"]; got == a {
+		t.Fatal("rotate did not change the token")
+	}
+	if fa.stats(t).Refreshes != 1 || fb.stats(t).Refreshes != 0 {
+		t.Fatalf("refreshes a=%d b=%d", fa.stats(t).Refreshes, fb.stats(t).Refreshes)
+	}
+}
+
+// TestAgentRendersRotations: Vault Agent with the example config renders the
+// token, and after a rotation holds the new one within the advertised ttl
+// plus a few seconds.
+func TestAgentRendersRotations(t *testing.T) {
+	c := env.dev.client
+	f := startFake(t, "-token-lifetime", "24s") // margin is half: a new token every 12 s
+	enableMount(t, c, "teletracker-agent")
+	configure(t, c, "teletracker-agent", f, nil)
+
+	dir := t.TempDir()
+	for _, name := range []string{"agent.hcl", "teletracker-token.ctmpl"} {
+		b, err := os.ReadFile(filepath.Join(env.repoRoot, "examples", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The examples use the conventional mount; this test has its own.
+		b = []byte(strings.ReplaceAll(string(b), `"teletracker/token"`, `"teletracker-agent/token"`))
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "vault-token"), []byte(rootToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agent := exec.Command(env.vaultBin, "agent", "-config=agent.hcl")
+	agent.Dir = dir
+	agent.Env = append(cleanEnv(), "HOME="+dir, "VAULT_ADDR="+env.dev.addr)
+	out := &lockedBuffer{}
+	agent.Stdout, agent.Stderr = out, out
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = agent.Process.Signal(syscall.SIGTERM)
+		_ = agent.Wait()
+	})
+
+	rendered := filepath.Join(dir, "teletracker-token")
+	read := func() string { b, _ := os.ReadFile(rendered); return string(b) }
+	if err := waitFor(20*time.Second, func() error {
+		if read() == "" {
+			return os.ErrNotExist
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("agent rendered nothing:\n%s", out.String())
+	}
+	for rotation := 0; rotation < 2; rotation++ {
+		first := read()
+		d := readToken(t, c, "teletracker-agent")
+		secs := time.Duration(jsonInt(t, d["ttl"])) * time.Second
+		limit := secs + 5*time.Second
+		start := time.Now()
+		if err := waitFor(limit, func() error {
+			if read() == first {
+				return os.ErrExist
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("rotation %d: file unchanged %v after a read said ttl %v:\n%s", rotation, time.Since(start), secs, out.String())
+		}
+		if !f.live(t, read()) {
+			t.Fatal("agent rendered a dead token")
+		}
+	}
+	if st := f.stats(t); st.ReusedRefreshTokens != 0 {
+		t.Fatalf("%+v", st)
+	}
+}
+
+// TestRestartKeepsSession: a Vault server with file storage is killed with
+// SIGKILL and restarted; after unseal it serves a working token without a
+// new login and without re-using a refresh token.
+func TestRestartKeepsSession(t *testing.T) {
+	f := startFake(t)
+	dir := filepath.Join(env.workDir, "restart")
+	port := freePort(t)
+	addr := "http://127.0.0.1:" + strconv.Itoa(port)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	config := `
+storage "file" { path = "` + filepath.Join(dir, "data") + `" }
+listener "tcp" {
+  address         = "127.0.0.1:` + strconv.Itoa(port) + `"
+  cluster_address = "127.0.0.1:` + strconv.Itoa(port+1) + `"
+  tls_disable     = true
+}
+api_addr         = "` + addr + `"
+plugin_directory = "` + env.pluginDir + `"
+disable_mlock    = true
+`
+	cfgPath := filepath.Join(dir, "vault.hcl")
+	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := func() *vaultServer {
+		v, err := startVault("restart", []string{"server", "-config=" + cfgPath, "-log-level=debug"}, addr, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	v := start()
+	t.Cleanup(func() { v.stop() })
+	init, err := v.client.Sys().Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unseal := func() {
+		if _, err := v.client.Sys().Unseal(init.Keys[0]); err != nil {
+			t.Fatal(err)
+		}
+		v.client.SetToken(init.RootToken)
+		if err := waitFor(30*time.Second, func() error {
+			_, err := v.client.Sys().ListMounts()
+			return err
+		}); err != nil {
+			t.Fatalf("not active after unseal: %v\n%s", err, v.output())
+		}
+	}
+	unseal()
+	if err := registerPlugin(v.client); err != nil {
+		t.Fatal(err)
+	}
+	enableMount(t, v.client, "teletracker")
+	configure(t, v.client, "teletracker", f, nil)
+	if _, err := v.client.Logical().Write("teletracker/rotate", nil); err != nil {
+		t.Fatal(err)
+	}
+	before := readToken(t, v.client, "teletracker")["token"].(string)
+
+	v.kill()
+	v = start()
+	unseal()
+	after := readToken(t, v.client, "teletracker")["token"].(string)
+	if after != before || !f.live(t, after) {
+		t.Fatal("after the restart the engine does not serve its live token")
+	}
+	// The stored refresh token still works: rotate once more (the 10 s
+	// floor since the last refresh has passed by now, or we wait for it).
+	if err := waitFor(15*time.Second, func() error {
+		_, err := v.client.Logical().Write("teletracker/rotate", nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if tok := readToken(t, v.client, "teletracker")["token"].(string); tok == after || !f.live(t, tok) {
+		t.Fatal("rotate after the restart did not give a new live token")
+	}
+	st := f.stats(t)
+	if st.Logins != 1 || st.ReusedRefreshTokens != 0 || st.Refreshes != 2 {
+		t.Fatalf("fake stats %+v: want 1 login, 2 refreshes, no re-use", st)
+	}
+}
