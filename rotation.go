@@ -232,6 +232,7 @@ func (b *backend) refresh(ctx context.Context, storage logical.Storage, cfg *tel
 	}
 	b.lastRefresh = sentAt
 
+	b.Logger().Debug("calling teletracker", "op", "/auth/refresh", "generation", s.Generation)
 	callCtx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 	g, err := c.refresh(callCtx, s.RefreshToken)
 	cancel()
@@ -305,6 +306,7 @@ func (b *backend) refresh(ctx context.Context, storage logical.Storage, cfg *tel
 // token no longer works. It returns the new session, or s with the failure.
 func (b *backend) login(ctx context.Context, cfg *teletrackerConfig, c *client, s *session) (*session, error) {
 	sentAt := b.now()
+	b.Logger().Debug("calling teletracker", "op", "/auth/login", "generation", s.Generation)
 	callCtx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 	g, err := c.login(callCtx, cfg.Username, cfg.Password, cfg.AccountID)
 	cancel()
@@ -389,6 +391,7 @@ func (b *backend) establish(ctx context.Context, storage logical.Storage, w *con
 	callCtx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
 	defer cancel()
 	var g *grant
+	b.Logger().Debug("calling teletracker", "op", "config write", "seed", w.refreshToken != "")
 	if w.refreshToken != "" {
 		b.lastRefresh = now
 		g, err = c.refresh(callCtx, w.refreshToken)
