@@ -184,10 +184,11 @@ single-use refresh token is never sent twice. "rotate" forces a refresh and
 `
 
 // isExpectedTickError reports whether err from a tick is already handled:
-// nothing configured yet, a rate limit, or a failure rotation.go has logged
-// and recorded in the session.
+// nothing to do yet, a rate limit, or a failure that was logged and recorded
+// where status shows it.
 func isExpectedTickError(err error) bool {
 	var rl *rateLimitedError
 	var ue *upstreamError
-	return errors.Is(err, errNotConfigured) || errors.Is(err, errUnsaved) || errors.As(err, &rl) || errors.As(err, &ue)
+	return errors.Is(err, errNotConfigured) || errors.Is(err, errNoSession) || errors.Is(err, errHeld) ||
+		errors.Is(err, errNotStored) || errors.As(err, &rl) || errors.As(err, &ue)
 }

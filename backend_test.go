@@ -42,21 +42,33 @@ func (c *testClock) Add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// faultyStorage fails Put when told to.
+// faultyStorage fails Put when told to and, like Vault's storage across the
+// plugin's gRPC boundary, fails every call whose context is done.
 type faultyStorage struct {
 	logical.Storage
 	// skipPuts is the number of Puts to let through before failing any.
 	skipPuts atomic.Int64
 	// failPuts is the number of Puts still to fail; negative fails them all.
 	failPuts atomic.Int64
-	// puts counts Put calls.
-	puts atomic.Int64
+	// puts and gets count calls.
+	puts, gets atomic.Int64
 }
 
 var errStorageDown = errors.New("storage is down")
 
+func (s *faultyStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	s.gets.Add(1)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.Storage.Get(ctx, key)
+}
+
 func (s *faultyStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
 	s.puts.Add(1)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if s.failPuts.Load() != 0 && s.skipPuts.Load() > 0 {
 		s.skipPuts.Add(-1)
 		return s.Storage.Put(ctx, e)
@@ -279,6 +291,25 @@ func TestHelpOnEveryPath(t *testing.T) {
 	}
 }
 
+// TestPublishAfterInvalidateDropsCopy: a copy loaded before an Invalidate is
+// never left in place after it.
+func TestPublishAfterInvalidateDropsCopy(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	cfg, _ := getConfig(context.Background(), e.storage)
+	s := e.stored()
+	epoch := e.b.epoch.Load()
+	e.b.invalidate(context.Background(), sessionKey)
+	e.b.publish(epoch, s, cfg)
+	if e.b.served.Load() != nil {
+		t.Fatal("a copy loaded before Invalidate was published after it")
+	}
+	e.b.publish(e.b.epoch.Load(), s, cfg)
+	if e.b.served.Load() == nil {
+		t.Fatal("a current copy was dropped")
+	}
+}
+
 func TestInvalidateDropsServedCopy(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
@@ -322,6 +353,9 @@ func TestInvalidateServesOtherNodesSession(t *testing.T) {
 	}
 }
 
+// TestInitializeResumesInterruptedRefresh: a marker found at start-up is
+// resolved in the background, even though Vault cancels Initialize's context
+// as soon as it returns.
 func TestInitializeResumesInterruptedRefresh(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
@@ -331,7 +365,10 @@ func TestInitializeResumesInterruptedRefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.clock.Add(time.Minute)
-	if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+	ctx, cancel := context.WithCancel(context.Background())
+	err := e.b.Initialize(ctx, &logical.InitializationRequest{Storage: e.storage})
+	cancel()
+	if err != nil {
 		t.Fatal(err)
 	}
 	// Initialize resolves the marker in the background; wait for it, bounded.

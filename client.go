@@ -191,11 +191,11 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
 	if err != nil {
 		return nil, &upstreamError{class: failTransient, op: op, status: resp.StatusCode, unknownOutcome: true,
-			spent: resp.StatusCode == http.StatusOK, detail: "reading the response failed: " + safeText(err.Error(), secret)}
+			spent: accepted(resp.StatusCode), detail: "reading the response failed: " + safeText(err.Error(), secret)}
 	}
 	if len(body) > maxResponseBytes {
 		return nil, &upstreamError{class: failTransient, op: op, status: resp.StatusCode, unknownOutcome: true,
-			spent: resp.StatusCode == http.StatusOK, detail: "response body over 1 MiB refused"}
+			spent: accepted(resp.StatusCode), detail: "response body over 1 MiB refused"}
 	}
 	g, err := parseResponse(resp.StatusCode, resp.Header.Get("Retry-After"), body, c.now(), secret)
 	var ue *upstreamError
@@ -211,10 +211,15 @@ func transportError(op string, err error) *upstreamError {
 	ue := &upstreamError{class: failTransient, op: op, unknownOutcome: true}
 	var opErr *net.OpError
 	var netErr net.Error
+	var certErr *tls.CertificateVerificationError
+	var recordErr tls.RecordHeaderError
 	switch {
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		ue.unknownOutcome = false
 		ue.detail = "cannot connect: " + safeText(opErr.Err.Error(), "")
+	case errors.As(err, &certErr) || errors.As(err, &recordErr):
+		ue.unknownOutcome = false
+		ue.detail = "TLS handshake failed: " + safeText(err.Error(), "")
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
 		ue.detail = "request timed out; the outcome is unknown"
 	case errors.Is(err, context.Canceled):
@@ -244,7 +249,7 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 		decodeErr = nil // a field of the wrong type is left empty, and judged below
 	}
 
-	if status != http.StatusOK {
+	if !accepted(status) {
 		ue := &upstreamError{class: failTransient, status: status}
 		switch {
 		case status == http.StatusBadRequest || status == http.StatusUnauthorized || status == http.StatusForbidden:
@@ -290,6 +295,8 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 	default:
 		g.lifetime = time.Duration(lifetime * float64(time.Second))
 	}
+	// Without a usable lifetime this errs short by it: safe.
+	g.refreshLifetime = refreshLifetime(sb.TokenExpiration, sb.RefreshTokenExpiration, g.lifetime)
 	if len(problems) > 0 {
 		ue := &upstreamError{class: failTransient, status: status, detail: "incomplete session: " + strings.Join(problems, ", ")}
 		if g.refreshToken == "" {
@@ -298,8 +305,13 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 		}
 		return g, ue
 	}
-	g.refreshLifetime = refreshLifetime(sb.TokenExpiration, sb.RefreshTokenExpiration, g.lifetime)
 	return g, nil
+}
+
+// accepted reports whether status says Teletracker processed the call
+// (any 2xx, though the API documents 200).
+func accepted(status int) bool {
+	return status >= 200 && status <= 299
 }
 
 // refreshLifetime is how long the refresh token lives from the send time:

@@ -1,10 +1,13 @@
 package teletracker
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -86,6 +89,95 @@ func TestParseResponseClasses(t *testing.T) {
 	}
 }
 
+func TestParseResponseAny2xxIsProcessed(t *testing.T) {
+	if g, err := parseResponse(201, "", okBody(""), testStart, ""); err != nil || g.token != "tok-1" {
+		t.Fatalf("201 with a session: %+v %v", g, err)
+	}
+	_, err := parseResponse(204, "", nil, testStart, "")
+	var ue *upstreamError
+	if !errors.As(err, &ue) || !ue.spent || !ue.unknownOutcome {
+		t.Fatalf("204 without a body must count as presumably spent: %v", err)
+	}
+}
+
+// testClient is a client for url with a 2 s timeout.
+func testClient(t *testing.T, url string) *client {
+	t.Helper()
+	c, err := newClient(&teletrackerConfig{BaseURL: url, RequestTimeout: 2 * time.Second}, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+func TestClientDoesNotFollowRedirects(t *testing.T) {
+	var elsewhere atomic.Int64
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		_, _ = w.Write(okBody(""))
+	}))
+	defer other.Close()
+	for _, code := range []int{301, 302, 303, 307, 308} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, other.URL+"/auth/refresh", code)
+		}))
+		_, err := testClient(t, srv.URL).refresh(context.Background(), "rt-secret")
+		srv.Close()
+		if err == nil || !strings.Contains(err.Error(), "unexpected redirect") {
+			t.Fatalf("%d: %v", code, err)
+		}
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the refresh token was sent to the redirect target %d times", n)
+	}
+}
+
+func TestClientRefusesLargeBody(t *testing.T) {
+	// Valid JSON, then 2 MiB of whitespace: only the size check refuses it.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write(okBody(""))
+		_, _ = w.Write([]byte(strings.Repeat(" ", 2<<20)))
+	}))
+	defer srv.Close()
+	g, err := testClient(t, srv.URL).refresh(context.Background(), "rt")
+	var ue *upstreamError
+	if g != nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), "over 1 MiB") || !ue.spent {
+		t.Fatalf("%+v %v", g, err)
+	}
+}
+
+func TestClientClassifiesTransportErrors(t *testing.T) {
+	tlsSrv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	tlsSrv.Config.ErrorLog = discardLog()
+	tlsSrv.StartTLS()
+	defer tlsSrv.Close()
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(5 * time.Second):
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	cases := []struct {
+		name    string
+		url     string
+		unknown bool
+		detail  string
+	}{
+		{"refused", "http://127.0.0.1:1", false, "cannot connect"},
+		{"untrusted TLS", tlsSrv.URL, false, "TLS handshake failed"},
+		{"timeout", slow.URL, true, "timed out; the outcome is unknown"},
+	}
+	for _, tc := range cases {
+		_, err := testClient(t, tc.url).refresh(context.Background(), "rt")
+		var ue *upstreamError
+		if !errors.As(err, &ue) || ue.unknownOutcome != tc.unknown || !strings.Contains(err.Error(), tc.detail) {
+			t.Errorf("%s: %v (unknown outcome %v)", tc.name, err, ue != nil && ue.unknownOutcome)
+		}
+	}
+}
+
 func TestParseResponseLifetimeAsString(t *testing.T) {
 	g, err := parseResponse(200, "", []byte(`{"success":true,"token":"a","refreshToken":"b","tokenLifetime":"90"}`), testStart, "")
 	if err != nil || g.lifetime != 90*time.Second || g.refreshLifetime != 0 {
@@ -128,7 +220,7 @@ func FuzzParseResponse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, status int, retryAfter, body string) {
 		g, err := parseResponse(status, retryAfter, []byte(body), testStart, "")
 		if err == nil {
-			if status != 200 || g == nil || g.token == "" || g.refreshToken == "" || g.lifetime < time.Second || g.lifetime > maxTokenLifetime || g.refreshLifetime < 0 {
+			if !accepted(status) || g == nil || g.token == "" || g.refreshToken == "" || g.lifetime < time.Second || g.lifetime > maxTokenLifetime || g.refreshLifetime < 0 {
 				t.Fatalf("accepted %d %q as %+v", status, body, g)
 			}
 			var sb sessionBody

@@ -28,6 +28,12 @@ type teletrackerConfig struct {
 	CACert         string        `json:"ca_cert,omitempty"`
 }
 
+// identity names the account the config logs in to; a session started under
+// one identity is never continued under another.
+func (c *teletrackerConfig) identity() string {
+	return fmt.Sprintf("%s %q %d", c.BaseURL, c.Username, c.AccountID)
+}
+
 // getConfig returns the stored config, or nil, nil when there is none.
 func getConfig(ctx context.Context, s logical.Storage) (*teletrackerConfig, error) {
 	entry, err := s.Get(ctx, configKey)
@@ -207,18 +213,41 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
 	}
+	next, warning := cur, ""
 	if w.newSession {
-		if cur, err = b.establish(ctx, req.Storage, w, cur); err != nil {
+		if next, warning, err = b.establish(ctx, req.Storage, w, cur); err != nil {
 			return configWriteError(err)
 		}
 	}
 	if err := putConfig(ctx, req.Storage, w.cfg); err != nil {
-		b.Logger().Error("config not saved", "error", err)
-		return nil, fmt.Errorf("saving config: %w", err)
+		b.Logger().Error("config not stored", "error", err)
+		if next != cur {
+			b.restoreSession(ctx, req.Storage, cur)
+		}
+		return nil, fmt.Errorf("storing the config failed: %w", err)
 	}
-	b.publish(epoch, cur, w.cfg)
+	b.publish(epoch, next, w.cfg)
 	b.Logger().Info("config written", "base_url", w.cfg.BaseURL, "username", w.cfg.Username, "new_session", w.newSession)
+	if warning != "" {
+		return &logical.Response{Warnings: []string{warning}}, nil
+	}
 	return nil, nil
+}
+
+// restoreSession puts back the session a failed config write replaced, so
+// that config and session still belong together. Should that fail too, the
+// session's identity keeps its refresh token away from the old config's
+// server (see session.foreign).
+func (b *backend) restoreSession(ctx context.Context, storage logical.Storage, prev *session) {
+	var err error
+	if prev == nil {
+		err = storage.Delete(ctx, sessionKey)
+	} else {
+		err = b.storeSession(ctx, storage, prev)
+	}
+	if err != nil {
+		b.Logger().Error("putting back the previous session failed", "error", err)
+	}
 }
 
 // configWriteError turns an error from establishing a session into the
@@ -240,13 +269,13 @@ func configWriteError(err error) (*logical.Response, error) {
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
+	b.unsaved.Store(nil)
 	if err := req.Storage.Delete(ctx, sessionKey); err != nil {
 		return nil, fmt.Errorf("deleting session: %w", err)
 	}
 	if err := req.Storage.Delete(ctx, configKey); err != nil {
 		return nil, fmt.Errorf("deleting config: %w", err)
 	}
-	b.unsaved.Store(nil)
 	b.served.Store(nil)
 	b.Logger().Info("config and session deleted")
 	return nil, nil

@@ -268,7 +268,7 @@ func TestConfigDelete(t *testing.T) {
 func TestConfigCACert(t *testing.T) {
 	fake := fakett.New(fakett.Options{})
 	srv := httptest.NewUnstartedServer(fake)
-	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake is expected
+	srv.Config.ErrorLog = discardLog() // the refused handshake is expected
 	srv.StartTLS()
 	defer srv.Close()
 	caPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
@@ -305,6 +305,11 @@ func TestConfigExistenceCheck(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("exists after create: %v %v", ok, err)
 	}
+}
+
+// discardLog is a logger for test servers whose complaints are expected.
+func discardLog() *log.Logger {
+	return log.New(io.Discard, "", 0)
 }
 
 // statusOf is the HTTP status Vault would answer with.
@@ -380,4 +385,117 @@ func FuzzConfigWrite(f *testing.F) {
 			t.Fatalf("accepted a config no client can be built from: %v", err)
 		}
 	})
+}
+
+// TestConfigStoreFailureKeepsConfigAndSessionTogether: the new session is
+// stored but the config is not; the previous session is put back, so no
+// refresh token is ever sent to a server it did not come from.
+func TestConfigStoreFailureKeepsConfigAndSessionTogether(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	before := e.stored()
+	other := fakett.New(fakett.Options{Now: e.clock.Now})
+	otherSrv := httptest.NewServer(other)
+	defer otherSrv.Close()
+
+	e.storage.skipPuts.Store(1) // the new session is stored, the config is not
+	e.storage.failPuts.Store(1)
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"base_url": otherSrv.URL})
+	if statusOf(resp, err) != http.StatusInternalServerError {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	if s := e.stored(); !reflect.DeepEqual(s, before) {
+		t.Fatalf("the previous session was not put back:\n%+v\n%+v", before, s)
+	}
+	e.clock.Add(49 * time.Minute)
+	_ = e.tick()
+	if e.fake.Stats().Refreshes != 1 || other.Stats().RefreshCalls != 0 {
+		t.Fatalf("refreshes here %d, there %d", e.fake.Stats().Refreshes, other.Stats().RefreshCalls)
+	}
+	e.readLive()
+}
+
+// TestForeignSessionLogsInInstead: if even putting the old session back
+// fails, the stored session belongs to another server than the config; its
+// refresh token is never sent to the config's server, which is logged in to.
+func TestForeignSessionLogsInInstead(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	other := fakett.New(fakett.Options{Now: e.clock.Now})
+	otherSrv := httptest.NewServer(other)
+	defer otherSrv.Close()
+
+	e.storage.skipPuts.Store(1)
+	e.storage.failPuts.Store(-1)
+	_, _ = e.request(logical.UpdateOperation, "config", map[string]interface{}{"base_url": otherSrv.URL})
+	e.storage.failPuts.Store(0)
+	if s := e.stored(); !strings.Contains(s.Identity, otherSrv.URL) {
+		t.Fatalf("setup: the stored session should be the other server's: %s", s.Identity)
+	}
+	e.b.invalidate(context.Background(), sessionKey)
+	e.readLive()
+	st := e.fake.Stats()
+	if st.RefreshCalls != 0 || st.LoginCalls != 2 || other.Stats().RefreshCalls != 0 {
+		t.Fatalf("here %+v, there %+v: want a login here and no refresh anywhere", st, other.Stats())
+	}
+	if s := e.stored(); strings.Contains(s.Identity, otherSrv.URL) {
+		t.Fatal("the foreign session is still stored")
+	}
+}
+
+// TestConfigSessionStoreFailureChangesNothing: when the new session cannot
+// be stored, the write fails and the previous session stays in use.
+func TestConfigSessionStoreFailureChangesNothing(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	before := e.stored()
+	e.storage.failPuts.Store(-1)
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
+	e.storage.failPuts.Store(0)
+	if statusOf(resp, err) != http.StatusInternalServerError || !strings.Contains(err.Error(), "nothing changed") {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	e.clock.Add(time.Minute)
+	_ = e.tick()
+	if s := e.stored(); !reflect.DeepEqual(s, before) || e.b.unsaved.Load() != nil {
+		t.Fatal("a failed config write changed the session")
+	}
+}
+
+// TestConfigSeedIncompleteAnswerKeepsRefreshToken: a seed spent for an
+// answer without a bearer token but with a new refresh token keeps that
+// refresh token, and the next refresh uses it.
+func TestConfigSeedIncompleteAnswerKeepsRefreshToken(t *testing.T) {
+	e := newTestEnv(t)
+	seed, _ := e.fake.NewSession("demo")
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Omit: []string{"token"}})
+	resp := e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
+	if resp == nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "new refresh token") {
+		t.Fatalf("want a warning: %v", resp)
+	}
+	if _, err := e.request(logical.ReadOperation, "token", nil); err == nil {
+		t.Fatal("served a token the session does not have")
+	}
+	e.clock.Add(40 * time.Second) // past the backoff, jitter included
+	e.readLive()
+	st := e.fake.Stats()
+	if st.Refreshes != 2 || st.ReusedRefreshTokens != 0 || e.status()["state"] != stateHealthy {
+		t.Fatalf("%+v %v", st, e.status())
+	}
+}
+
+func TestConfigSeedRateLimited(t *testing.T) {
+	e := newTestEnv(t)
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": "dead"})
+	if statusOf(resp, err) != http.StatusBadRequest {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	seed, _ := e.fake.NewSession("demo")
+	e.clock.Add(5 * time.Second)
+	resp, err = e.request(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
+	if statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("a second seed 5 s after a failed one: resp=%v err=%v", resp, err)
+	}
+	e.clock.Add(30 * time.Second)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
 }

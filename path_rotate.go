@@ -48,21 +48,28 @@ var rotateResponseFields = map[string]*framework.FieldSchema{
 func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	st, err := b.ensure(ctx, req.Storage, triggerRotate)
 	var rl *rateLimitedError
+	var ue *upstreamError
 	switch {
-	case errors.Is(err, errNotConfigured):
+	case errors.Is(err, errNotConfigured) || errors.Is(err, errNoSession) || errors.Is(err, errReauth):
 		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
 	case errors.As(err, &rl):
 		return nil, logical.CodedError(http.StatusTooManyRequests, "rotation refused: "+rl.Error())
-	case err != nil && st != nil:
+	case errors.Is(err, errHeld):
+		return nil, logical.CodedError(http.StatusServiceUnavailable, "rotation refused: "+err.Error())
+	case errors.As(err, &ue):
 		return nil, logical.CodedError(http.StatusBadGateway, "rotation failed: "+err.Error())
-	case err != nil:
+	case err != nil && !errors.Is(err, errNotStored):
 		return nil, err
 	}
-	return &logical.Response{Data: map[string]interface{}{
+	resp := &logical.Response{Data: map[string]interface{}{
 		"expires_at":          st.expiresAtText,
 		"last_vault_rotation": st.lastRotation,
 		"next_vault_rotation": st.nextRotation,
-	}}, nil
+	}}
+	if err != nil {
+		resp.AddWarning(err.Error())
+	}
+	return resp, nil
 }
 
 const pathRotateHelpSyn = `Replace the Teletracker bearer token now.`
@@ -73,8 +80,10 @@ engine's own refreshes: the new refresh token is stored before the new token is
 served. Returns the new expires_at, last_vault_rotation and next_vault_rotation,
 never the token.
 
-Teletracker is never called twice for one mount within 10 seconds, nor within
-30 seconds of a failed call; a rotate inside those limits is refused with 429
-and says when the next call is allowed. When the refresh token has been
-rejected, rotate logs in again with the stored password.
+Teletracker's /auth/refresh is never called twice for one mount within 10
+seconds, nor within 30 seconds of a failed call, nor before a Retry-After has
+passed; a rotate inside those limits is refused with 429 and says when the
+next call is allowed. When the refresh token has been rejected, rotate logs in
+again with the stored password; when the session needs re-authentication,
+rotate is refused with 400 until config gets a password or refresh_token.
 `

@@ -45,7 +45,8 @@ var statusResponseFields = map[string]*framework.FieldSchema{
 	"last_vault_rotation":      {Type: framework.TypeString, Required: true, Description: "When the current token was obtained."},
 	"next_vault_rotation":      {Type: framework.TypeString, Required: true, Description: "When the token is due for replacement."},
 	"next_attempt_at":          {Type: framework.TypeString, Required: true, Description: "After failures, when the engine will try again."},
-	"last_error":               {Type: framework.TypeString, Required: true, Description: "The last failure, if any since the last success."},
+	"token_valid":              {Type: framework.TypeBool, Required: true, Description: "Whether the engine holds an unexpired token (token reads succeed)."},
+	"last_error":               {Type: framework.TypeString, Required: true, Description: "The most recent failure; kept after recovery (consecutive_failures says whether it is current)."},
 	"last_error_at":            {Type: framework.TypeString, Required: true, Description: "When it happened."},
 	"consecutive_failures":     {Type: framework.TypeInt, Required: true, Description: "Failed calls since the last success."},
 	"refresh_count":            {Type: framework.TypeInt64, Required: true, Description: "Successful refreshes since the mount was configured."},
@@ -71,6 +72,7 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 	}
 	data["consecutive_failures"] = 0
 	data["refresh_count"] = int64(0)
+	data["token_valid"] = false
 	data["unsaved"] = b.unsaved.Load() != nil
 	if cfg == nil || s == nil {
 		if cfg != nil {
@@ -80,6 +82,7 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 		return &logical.Response{Data: data}, nil
 	}
 	data["state"] = s.state()
+	data["token_valid"] = s.Token != "" && b.now().Before(s.ExpiresAt)
 	data["expires_at"] = timeText(s.ExpiresAt)
 	data["refresh_token_expires_at"] = timeText(s.RefreshTokenExpiresAt)
 	data["last_vault_rotation"] = timeText(s.ObtainedAt)
@@ -114,6 +117,8 @@ state is one of:
                    working stored password: write password or refresh_token
                    to config
 
-The other fields give the token's and the refresh token's expiry on Vault's
-clock, the rotation times, the last error and the failure and refresh counts.
+token_valid says whether token reads succeed now (a degraded mount whose
+token has expired fails them). The other fields give the token's and the
+refresh token's expiry on Vault's clock, the rotation times, the last error
+and the failure and refresh counts.
 `

@@ -11,18 +11,16 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// servedToken is what token reads are answered from: one session generation,
-// prepared once under the refresh lock so that a read takes no lock, touches
-// no storage, and allocates little beyond its response.
+// servedToken is what token reads are answered from: one session as of its
+// last change, prepared once under the refresh lock so that a read takes no
+// lock, touches no storage, and allocates little beyond its response.
 type servedToken struct {
-	// generation is the session generation this was made from.
-	generation uint64
 	// expiresAt is when the bearer token expires.
 	expiresAt time.Time
 	// refreshAt is when the token is due for replacement (next_vault_rotation).
 	refreshAt time.Time
-	// holdUntil: past refreshAt, reads serve this token without trying a
-	// refresh until then (backoff, rate limit, or nothing to try).
+	// holdUntil: past refreshAt, reads are answered from here, without
+	// trying a refresh, until then (backoff, rate limit, nothing to try).
 	holdUntil time.Time
 	// problem says what is wrong with the session, empty when healthy; it
 	// is a read's warning while the token is valid and its error after.
@@ -36,12 +34,11 @@ type servedToken struct {
 var bearer any = "Bearer"
 
 // publish makes s the session token reads are answered from and returns it.
-// epoch is b.epoch as it was before s was loaded: if storage changed since,
+// epoch is b.epoch as it was before s was loaded: if Invalidate ran since,
 // the copy is dropped again at once. The caller holds refreshMu.
 func (b *backend) publish(epoch uint64, s *session, cfg *teletrackerConfig) *servedToken {
 	now := b.now()
 	st := &servedToken{
-		generation:     s.Generation,
 		expiresAt:      s.ExpiresAt,
 		refreshAt:      s.refreshAt(cfg.RefreshMargin),
 		token:          s.Token,
@@ -52,17 +49,21 @@ func (b *backend) publish(epoch uint64, s *session, cfg *teletrackerConfig) *ser
 	st.nextRotation = st.refreshAt.UTC().Format(time.RFC3339)
 	switch {
 	case s.ReauthRequired:
-		st.holdUntil = s.ExpiresAt
+		st.holdUntil = now.Add(minRefreshInterval)
 		st.problem = "the session needs re-authentication: " + s.LastError
 	case b.unsaved.Load() != nil:
 		st.holdUntil = now.Add(minRefreshInterval)
-		st.problem = errUnsaved.Error()
+		st.problem = errHeld.Error()
 	default:
 		st.holdUntil = b.earliestCall(now, s, triggerRead, s.RefreshRejected)
-		if s.ConsecutiveFailures > 0 {
+		switch {
+		case s.ConsecutiveFailures > 0:
 			st.problem = fmt.Sprintf("refreshing has failed %d times since %s (last error: %s); next attempt at %s",
 				s.ConsecutiveFailures, s.FailingSince.UTC().Format(time.RFC3339), s.LastError,
 				later(st.holdUntil, now).UTC().Format(time.RFC3339))
+		case st.holdUntil.After(st.refreshAt) && !now.Before(st.refreshAt):
+			st.problem = "the token is due for replacement, but Teletracker may not be called again before " +
+				st.holdUntil.UTC().Format(time.RFC3339) + " (rate limit)"
 		}
 	}
 	b.served.Store(st)
@@ -72,9 +73,27 @@ func (b *backend) publish(epoch uint64, s *session, cfg *teletrackerConfig) *ser
 	return st
 }
 
-// fresh reports whether a read at now may be answered from st alone.
-func (st *servedToken) fresh(now time.Time) bool {
-	return now.Before(st.refreshAt) || (now.Before(st.expiresAt) && now.Before(st.holdUntil))
+// settled reports whether a read at now is answered from st alone: the
+// token is not due, or nothing may be tried before holdUntil anyway.
+func (st *servedToken) settled(now time.Time) bool {
+	return now.Before(st.refreshAt) || now.Before(st.holdUntil)
+}
+
+// answer is the token read's answer at now: the token, with a warning when
+// the session has a problem, or an error once it has expired.
+func (st *servedToken) answer(now time.Time) (*logical.Response, error) {
+	if now.Before(st.expiresAt) {
+		return st.response(now), nil
+	}
+	why := st.problem
+	if why == "" {
+		why = "it is due for replacement and no new one could be obtained yet"
+	}
+	if st.token == "" {
+		return nil, logical.CodedError(http.StatusBadGateway, "no Teletracker token is held: "+why)
+	}
+	return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("the Teletracker token expired at %s and could not be replaced: %s",
+		st.expiresAtText, why))
 }
 
 // ttl is the number of seconds until the engine will have replaced the
@@ -149,31 +168,18 @@ var tokenResponseFields = map[string]*framework.FieldSchema{
 // the refresh lock, which refreshes first if the token is due.
 func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	if st := b.served.Load(); st != nil {
-		if now := b.now(); st.fresh(now) {
-			return st.response(now), nil
+		if now := b.now(); st.settled(now) {
+			return st.answer(now)
 		}
 	}
 	st, err := b.ensure(ctx, req.Storage, triggerRead)
 	if st == nil {
-		if errors.Is(err, errNotConfigured) {
+		if errors.Is(err, errNotConfigured) || errors.Is(err, errNoSession) {
 			return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
 		}
 		return nil, err
 	}
-	now := b.now()
-	if !now.Before(st.expiresAt) {
-		why := st.problem
-		if why == "" && err != nil {
-			why = err.Error()
-		}
-		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("the Teletracker token expired at %s and could not be replaced: %s",
-			st.expiresAtText, why))
-	}
-	resp := st.response(now)
-	if err != nil && st.problem == "" {
-		resp.AddWarning("could not replace the token that is due: " + err.Error())
-	}
-	return resp, nil
+	return st.answer(b.now())
 }
 
 const pathTokenHelpSyn = `Read the current Teletracker bearer token.`

@@ -357,3 +357,63 @@ func BenchmarkTokenReadParallel(b *testing.B) {
 		}
 	})
 }
+
+// TestExpiredReadsAnsweredFromMemory: once the token has expired and the
+// next attempt is not yet allowed, reads fail without the lock or storage.
+func TestExpiredReadsAnsweredFromMemory(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.fake.Fail("/auth/refresh", -1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	e.clock.Add(61 * time.Minute)
+	_, _ = e.request(logical.ReadOperation, "token", nil)
+	gets := e.storage.gets.Load()
+	for i := 0; i < 100; i++ {
+		if _, err := e.request(logical.ReadOperation, "token", nil); err == nil {
+			t.Fatal("an expired token was served")
+		}
+	}
+	if n := e.storage.gets.Load() - gets; n != 0 {
+		t.Fatalf("100 failing reads made %d storage reads", n)
+	}
+	if s := e.status(); s["token_valid"] != false || s["state"] != stateDegraded {
+		t.Fatalf("%v", s)
+	}
+}
+
+// TestQueuedReadersDoNotRereadStorage: readers that waited on the lock while
+// another refreshed are answered from the new copy.
+func TestQueuedReadersDoNotRereadStorage(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.readToken()
+	e.clock.Add(55 * time.Minute)
+	gets := e.storage.gets.Load()
+	var wg sync.WaitGroup
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: e.storage})
+		}()
+	}
+	wg.Wait()
+	if n := e.storage.gets.Load() - gets; n > 4 {
+		t.Fatalf("200 reads around one refresh made %d storage reads", n)
+	}
+}
+
+func TestTokenReadWithoutSession(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	if err := e.storage.Delete(context.Background(), sessionKey); err != nil {
+		t.Fatal(err)
+	}
+	e.b.invalidate(context.Background(), sessionKey)
+	resp, err := e.request(logical.ReadOperation, "token", nil)
+	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "no Teletracker session is stored") {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	if s := e.status(); s["state"] != stateReauthRequired {
+		t.Fatalf("%v", s)
+	}
+}

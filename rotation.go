@@ -14,7 +14,8 @@ import (
 // one refresh lock: take the lock, re-read config and session from storage,
 // decide again, store a marker, call Teletracker, store the result before
 // anything else happens. Every path that calls Teletracker comes through here
-// or through establish (a config write), which holds the same lock.
+// (ensure for ticks, reads and rotate; establish for config writes), holding
+// refreshMu.
 
 const (
 	// tickInterval is how often Vault calls PeriodicFunc.
@@ -22,15 +23,13 @@ const (
 	// minRefreshInterval is the least time between two /auth/refresh calls
 	// of a mount, whatever clocks, lifetimes or callers say.
 	minRefreshInterval = 10 * time.Second
-	// minRetryInterval is the least time between a failed call and the next.
+	// minRetryInterval is the least time between a failed call and the next
+	// refresh or automatic login.
 	minRetryInterval = 30 * time.Second
 	// maxBackoff caps the exponential backoff after failures.
 	maxBackoff = 5 * time.Minute
-	// saveAttempts is how often a new session's storage write is tried
-	// before the session is held in memory instead.
-	saveAttempts = 4
-	// saveRetryDelay is the first pause between those tries; it doubles.
-	saveRetryDelay = 50 * time.Millisecond
+	// resumeTimeout bounds the start-up handling of an interrupted refresh.
+	resumeTimeout = time.Minute
 )
 
 // trigger is what asks for a refresh.
@@ -45,8 +44,17 @@ const (
 	triggerRotate
 )
 
-// errNotConfigured is returned when the mount has no config.
-var errNotConfigured = errors.New("teletracker is not configured: write username and password, or refresh_token, to config")
+var (
+	// errNotConfigured: the mount has no config.
+	errNotConfigured = errors.New("teletracker is not configured: write username and password, or refresh_token, to config")
+	// errNoSession: a config without a session (a write failed half-way).
+	errNoSession = errors.New("no Teletracker session is stored: write password or refresh_token to config")
+	// errReauth: only a new credential can help; nothing is tried.
+	errReauth = errors.New("the session needs re-authentication: write password or refresh_token to config")
+	// errHeld: a session is held in memory because storage refused it, and
+	// its predecessor must never be sent, so no refresh until it is stored.
+	errHeld = errors.New("a new session is held in memory because storage refused it; no refresh until it is stored")
+)
 
 // rateLimitedError says a call to Teletracker is not allowed before until.
 type rateLimitedError struct {
@@ -59,10 +67,6 @@ type rateLimitedError struct {
 func (e *rateLimitedError) Error() string {
 	return fmt.Sprintf("%s: Teletracker will not be called before %s", e.why, e.until.UTC().Format(time.RFC3339))
 }
-
-// errUnsaved is returned instead of refreshing while a session is held in
-// memory because storage refused it: its predecessor must never be sent.
-var errUnsaved = errors.New("the current session is not yet stored (storage is failing); no refresh until it is")
 
 // wants reports whether, for trigger t, s should get a new token now.
 // A tick looks one tick ahead, so that token reads do not find the token due
@@ -89,20 +93,19 @@ func (s *session) wants(now time.Time, configured time.Duration, t trigger) bool
 
 // earliestCall is the first moment Teletracker may be called for s: at least
 // minRefreshInterval after the last refresh (when this call is a refresh),
-// minRetryInterval after a failure, and, for the automatic triggers, the end
-// of the backoff. Times come both from storage (survives restarts) and from
-// this process's memory (monotonic with a real clock), so neither a restart
-// nor a clock jump can cause a burst of calls.
+// minRetryInterval after the last failure, after any Retry-After, and, for
+// the automatic triggers, after the backoff. Times come both from storage
+// (survives restarts) and from this process's memory (monotonic with a real
+// clock), so neither a restart nor a clock jump can cause a burst of calls.
 func (b *backend) earliestCall(now time.Time, s *session, t trigger, login bool) time.Time {
 	var at time.Time
 	if !login {
 		at = sinceLast(now, minRefreshInterval, s.LastRefreshAt, b.lastRefresh)
 	}
-	if s.ConsecutiveFailures > 0 {
-		at = later(at, sinceLast(now, minRetryInterval, s.LastErrorAt, b.lastFailure))
-		if t != triggerRotate && s.NextAttemptAt.Sub(now) <= maxRetryAfter+maxBackoff {
-			at = later(at, s.NextAttemptAt)
-		}
+	at = later(at, sinceLast(now, minRetryInterval, s.LastErrorAt, b.lastFailure))
+	at = later(at, ahead(now, s.RetryAfterUntil, maxRetryAfter))
+	if t != triggerRotate && s.ConsecutiveFailures > 0 {
+		at = later(at, ahead(now, s.NextAttemptAt, maxRetryAfter+maxBackoff))
 	}
 	return at
 }
@@ -113,11 +116,18 @@ func (b *backend) earliestCall(now time.Time, s *session, t trigger, login bool)
 func sinceLast(now time.Time, d time.Duration, times ...time.Time) time.Time {
 	var at time.Time
 	for _, t := range times {
-		if next := t.Add(d); next.Sub(now) <= d {
-			at = later(at, next)
-		}
+		at = later(at, ahead(now, t.Add(d), d))
 	}
 	return at
+}
+
+// ahead is t, unless t is more than limit after now (the clock went back):
+// then the zero time.
+func ahead(now, t time.Time, limit time.Duration) time.Time {
+	if t.Sub(now) > limit {
+		return time.Time{}
+	}
+	return t
 }
 
 // later returns the later of a and b.
@@ -147,6 +157,11 @@ func (b *backend) ensure(ctx context.Context, storage logical.Storage, t trigger
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
 
+	// Readers that queued behind a refresh find its result here, without
+	// another storage round trip; only a caller that may act re-reads.
+	if st := b.served.Load(); t == triggerRead && st != nil && st.settled(b.now()) {
+		return st, nil
+	}
 	epoch := b.epoch.Load()
 	cfg, err := getConfig(ctx, storage)
 	if err != nil {
@@ -160,9 +175,18 @@ func (b *backend) ensure(ctx context.Context, storage logical.Storage, t trigger
 		return nil, err
 	}
 	if s == nil {
-		return nil, errNotConfigured
+		return nil, errNoSession
+	}
+	if s.Identity != cfg.identity() {
+		s = s.foreign(cfg)
 	}
 	now := b.now()
+	if s.ReauthRequired {
+		if t == triggerRotate {
+			return b.publish(epoch, s, cfg), errReauth
+		}
+		return b.publish(epoch, s, cfg), nil
+	}
 	if !s.wants(now, cfg.RefreshMargin, t) {
 		return b.publish(epoch, s, cfg), nil
 	}
@@ -170,7 +194,7 @@ func (b *backend) ensure(ctx context.Context, storage logical.Storage, t trigger
 		return nil, logical.ErrReadOnly
 	}
 	if b.unsaved.Load() != nil {
-		return b.publish(epoch, s, cfg), errUnsaved
+		return b.publish(epoch, s, cfg), errHeld
 	}
 	login := s.RefreshRejected
 	if at := b.earliestCall(now, s, t, login); now.Before(at) {
@@ -198,14 +222,13 @@ func (b *backend) renew(ctx context.Context, storage logical.Storage, cfg *telet
 
 	var callErr error
 	if !login {
-		var next *session
-		next, callErr = b.refresh(ctx, storage, cfg, c, s)
+		next, err := b.refresh(ctx, storage, cfg, c, s)
 		if next == nil {
-			return s, callErr
+			return s, err
 		}
-		s = next
-		// A refresh token rejected or spent without a successor: log in at
-		// once when a password is stored.
+		s, callErr = next, err
+		// A refresh token rejected, or spent without a successor: log in
+		// at once when a password is stored.
 		login = s.RefreshRejected && !s.ReauthRequired
 	}
 	if login {
@@ -236,30 +259,31 @@ func (b *backend) refresh(ctx context.Context, storage logical.Storage, cfg *tel
 	callCtx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 	g, err := c.refresh(callCtx, s.RefreshToken)
 	cancel()
-
-	var ue *upstreamError
-	switch {
-	case err == nil:
-		next := marked.withGrant(g, sentAt)
+	if err == nil {
+		next := marked.withGrant(g, sentAt, cfg.identity())
 		next.RefreshCount++
 		b.Logger().Info("token refreshed", "generation", next.Generation, "expires_at", next.ExpiresAt.Format(time.RFC3339))
 		return next, nil
+	}
+
+	b.lastFailure = sentAt
+	next := marked.failed(err, sentAt, b.now())
+	var ue *upstreamError
+	switch {
 	case g != nil:
 		// The answer was faulty but carried a new refresh token: ours is
 		// spent, this one is the session's only way on. Keep it, keep
 		// serving the old bearer token, and count the failure.
-		next := marked.failed(err, sentAt, b.now())
-		next.Generation++
-		next.RefreshToken = g.refreshToken
-		next.Pending = nil
-		b.lastFailure = sentAt
+		next.salvage(g, sentAt)
 		b.Logger().Warn("refresh answer incomplete; kept its new refresh token", "error", err, "generation", next.Generation)
-		return next, err
-	case errors.As(err, &ue) && ue.class == failRejected:
-		next := marked.failed(err, sentAt, b.now())
+	case errors.As(err, &ue) && (ue.class == failRejected || (ue.spent && (cfg.Password != "" || !ue.unknownOutcome))):
+		// Rejected, or accepted without a usable successor: the refresh
+		// token is gone. Never send it again; log in, or ask for a new
+		// credential. (A merely presumed loss with no password to fall back
+		// on is tried once more below instead: it may be the only way on.)
 		next.Pending = nil
 		next.RefreshRejected = true
-		next.LastError = "refresh token rejected: " + err.Error()
+		next.LastError = "refresh token no longer usable: " + err.Error()
 		if interrupted != nil {
 			next.LastError = fmt.Sprintf("a refresh started at %s was interrupted (its result was never stored), and Teletracker now rejects the refresh token it sent: %s",
 				interrupted.StartedAt.UTC().Format(time.RFC3339), err.Error())
@@ -268,38 +292,18 @@ func (b *backend) refresh(ctx context.Context, storage logical.Storage, cfg *tel
 			next.ReauthRequired = true
 			next.LastError += "; write password or refresh_token to config"
 		}
-		b.lastFailure = sentAt
-		b.Logger().Warn("refresh token rejected", "error", err, "login_next", cfg.Password != "", "interrupted_refresh", interrupted != nil)
-		return next, err
-	case errors.As(err, &ue) && ue.spent && (cfg.Password != "" || !ue.unknownOutcome):
-		// Accepted without a usable successor: the refresh token is gone.
-		// Do not send it again; log in, or ask for a new credential. (A
-		// merely presumed loss with no password to fall back on is tried
-		// once more below instead: it may be the session's only way on.)
-		next := marked.failed(err, sentAt, b.now())
-		next.Pending = nil
-		next.RefreshRejected = true
-		next.LastError = "refresh token spent without a successor: " + err.Error()
-		if cfg.Password == "" {
-			next.ReauthRequired = true
-			next.LastError += "; write password or refresh_token to config"
-		}
-		b.lastFailure = sentAt
-		b.Logger().Warn("refresh answer had no new refresh token", "error", err, "login_next", cfg.Password != "")
-		return next, err
+		b.Logger().Warn("refresh token no longer usable", "error", err, "login_next", cfg.Password != "", "interrupted_refresh", interrupted != nil)
 	default:
 		// Transient. When the outcome is unknown (timeout, unreadable
 		// answer) the marker stays: the token is tried once more, and a
 		// rejection then is reported as an interrupted refresh.
-		next := marked.failed(err, sentAt, b.now())
 		if !errors.As(err, &ue) || !ue.unknownOutcome {
 			next.Pending = nil
 		}
-		b.lastFailure = sentAt
 		b.Logger().Warn("refresh failed", "error", err, "consecutive_failures", next.ConsecutiveFailures,
 			"next_attempt_at", next.NextAttemptAt.Format(time.RFC3339))
-		return next, err
 	}
+	return next, err
 }
 
 // login starts a new session with the stored password because s's refresh
@@ -311,13 +315,13 @@ func (b *backend) login(ctx context.Context, cfg *teletrackerConfig, c *client, 
 	g, err := c.login(callCtx, cfg.Username, cfg.Password, cfg.AccountID)
 	cancel()
 	if err == nil {
-		next := s.withGrant(g, sentAt)
+		next := s.withGrant(g, sentAt, cfg.identity())
 		b.Logger().Info("logged in again after the refresh token was rejected", "generation", next.Generation)
 		return next, nil
 	}
+	b.lastFailure = sentAt
 	next := s.failed(err, sentAt, b.now())
 	next.RefreshRejected = true
-	b.lastFailure = sentAt
 	var ue *upstreamError
 	if errors.As(err, &ue) && ue.class == failRejected {
 		next.ReauthRequired = true
@@ -329,139 +333,73 @@ func (b *backend) login(ctx context.Context, cfg *teletrackerConfig, c *client, 
 	return next, err
 }
 
-// withGrant is the session that a successful call sent at sentAt starts or
-// continues. s may be nil (no session before).
-func (s *session) withGrant(g *grant, sentAt time.Time) *session {
-	next := &session{
-		GUID:         g.guid,
-		Token:        g.token,
-		RefreshToken: g.refreshToken,
-		Lifetime:     g.lifetime,
-		ObtainedAt:   sentAt,
-		ExpiresAt:    sentAt.Add(g.lifetime),
-	}
-	if g.refreshLifetime > 0 {
-		next.RefreshTokenExpiresAt = sentAt.Add(g.refreshLifetime)
-	}
-	if s != nil {
-		next.Generation = s.Generation
-		next.RefreshCount = s.RefreshCount
-		next.LastRefreshAt = s.LastRefreshAt
-	}
-	next.Generation++
-	return next
-}
-
-// failed is s with a failed call, sent at sentAt and answered at now,
-// recorded: its error, and the backoff before the next automatic attempt.
-func (s *session) failed(err error, sentAt, now time.Time) *session {
-	next := *s
-	next.ConsecutiveFailures++
-	if next.ConsecutiveFailures == 1 {
-		next.FailingSince = sentAt
-	}
-	next.LastError = err.Error()
-	next.LastErrorAt = sentAt
-	wait := backoff(next.ConsecutiveFailures)
-	var ue *upstreamError
-	if errors.As(err, &ue) && ue.retryAfter > wait {
-		wait = ue.retryAfter
-	}
-	next.NextAttemptAt = later(sentAt, now).Add(wait)
-	return &next
-}
-
 // establish starts the session a config write asks for: a login, or one
 // refresh of the refresh token the operator gave. The session is stored
-// before it returns; nothing is stored when Teletracker refuses.
-func (b *backend) establish(ctx context.Context, storage logical.Storage, w *configWrite, cur *session) (*session, error) {
+// before it returns; nothing is stored when Teletracker refuses or storage
+// fails. warning is set when the session started degraded.
+func (b *backend) establish(ctx context.Context, storage logical.Storage, w *configWrite, cur *session) (next *session, warning string, err error) {
 	ctx, cancel := detach(ctx)
 	defer cancel()
 	c, err := b.clientFor(w.cfg)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
+	seed := w.refreshToken != ""
 	now := b.now()
-	if w.refreshToken != "" && cur != nil {
-		if at := b.earliestCall(now, cur, triggerRotate, false); now.Before(at) {
-			return nil, &rateLimitedError{until: at, why: "refresh rate limit"}
+	if seed {
+		last := cur
+		if last == nil {
+			last = &session{}
+		}
+		if at := b.earliestCall(now, last, triggerRotate, false); now.Before(at) {
+			return nil, "", &rateLimitedError{until: at, why: "refresh rate limit"}
 		}
 	}
 
 	callCtx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
 	defer cancel()
 	var g *grant
-	b.Logger().Debug("calling teletracker", "op", "config write", "seed", w.refreshToken != "")
-	if w.refreshToken != "" {
+	b.Logger().Debug("calling teletracker", "op", "config write", "seed", seed)
+	if seed {
 		b.lastRefresh = now
 		g, err = c.refresh(callCtx, w.refreshToken)
 	} else {
 		g, err = c.login(callCtx, w.cfg.Username, w.cfg.Password, w.cfg.AccountID)
 	}
-	if err != nil {
-		b.Logger().Warn("config write: Teletracker call failed", "error", err, "seed", w.refreshToken != "")
-		if g != nil {
-			return nil, fmt.Errorf("%w (the refresh_token given is now spent)", err)
-		}
-		return nil, err
+	switch {
+	case err == nil:
+		next = cur.withGrant(g, now, w.cfg.identity())
+	case seed && g != nil:
+		// The seed is spent for an answer without a usable bearer token
+		// but with a new refresh token: keep that, or the handed-over
+		// session is lost. The token comes with the next refresh.
+		b.lastFailure = now
+		next = cur.withGrant(&grant{guid: g.guid, refreshToken: g.refreshToken, refreshLifetime: g.refreshLifetime}, now, w.cfg.identity())
+		next = next.failed(err, now, b.now())
+		warning = "Teletracker's answer was incomplete (" + err.Error() + "); the session continues with its new refresh token, and a token is fetched on the next attempt"
+	default:
+		b.Logger().Warn("config write: Teletracker call failed", "error", err, "seed", seed)
+		return nil, "", err
 	}
-	next := cur.withGrant(g, now)
-	if w.refreshToken != "" {
+	if seed {
 		next.LastRefreshAt = now
 		next.RefreshCount++
 	}
-	if err := b.saveSession(ctx, storage, next); err != nil {
-		return nil, err
+	if err := b.storeSession(ctx, storage, next); err != nil {
+		b.Logger().Error("config write: new session not stored; nothing changed", "error", err)
+		return nil, "", fmt.Errorf("storing the new session failed, nothing changed: %w", err)
 	}
-	b.Logger().Info("session established", "generation", next.Generation, "seed", w.refreshToken != "")
-	return next, nil
-}
-
-// currentSession is the session to act on: the one held in memory because
-// its storage write failed (stored now, if storage allows), else the stored
-// one. The caller holds refreshMu.
-func (b *backend) currentSession(ctx context.Context, storage logical.Storage) (*session, error) {
-	if s := b.unsaved.Load(); s != nil {
-		if err := putSession(ctx, storage, s); err != nil {
-			b.Logger().Error("session held in memory still not stored; no refresh until it is", "error", err)
-			return s, nil
-		}
-		b.unsaved.Store(nil)
-		b.Logger().Info("session held in memory is now stored", "generation", s.Generation)
-		return s, nil
-	}
-	return getSession(ctx, storage)
-}
-
-// saveSession stores s, retrying with a doubling pause while ctx allows.
-// If every try fails, s is held in memory: served, stored on a later tick,
-// and no refresh is sent until it is. The caller holds refreshMu.
-func (b *backend) saveSession(ctx context.Context, storage logical.Storage, s *session) error {
-	delay := saveRetryDelay
-	var err error
-	for i := 0; i < saveAttempts; i++ {
-		if err = putSession(ctx, storage, s); err == nil {
-			b.unsaved.Store(nil)
-			return nil
-		}
-		if dl, ok := ctx.Deadline(); i == saveAttempts-1 || (ok && time.Until(dl) < delay) {
-			break
-		}
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
-		}
-		delay *= 2
-	}
-	b.unsaved.Store(s)
-	b.Logger().Error("new session not stored; holding it in memory and retrying on every tick", "error", err, "generation", s.Generation)
-	return fmt.Errorf("new session obtained but not stored (held in memory, retried on every tick): %w", err)
+	b.Logger().Info("session established", "generation", next.Generation, "seed", seed)
+	return next, warning, nil
 }
 
 // resumeInterrupted handles a refresh marker found at start-up: the refresh
 // token it names may be spent, so it is tried at once rather than when due.
+// It outlives the Initialize call that starts it, bounded by resumeTimeout.
 func (b *backend) resumeInterrupted(ctx context.Context, storage logical.Storage) {
-	if _, err := b.ensure(ctx, storage, triggerTick); err != nil && !errors.Is(err, errNotConfigured) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
+	defer cancel()
+	if _, err := b.ensure(ctx, storage, triggerTick); err != nil {
 		b.Logger().Warn("resuming an interrupted refresh failed", "error", err)
 	}
 }

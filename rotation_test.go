@@ -458,7 +458,7 @@ func TestUnsavedSessionHeldAndServed(t *testing.T) {
 	e.storage.skipPuts.Store(1)
 	e.storage.failPuts.Store(-1)
 	before := e.storage.puts.Load()
-	if err := e.tick(); err == nil || !strings.Contains(err.Error(), "not stored") {
+	if _, err := e.b.ensure(context.Background(), e.storage, triggerTick); !errors.Is(err, errNotStored) {
 		t.Fatalf("tick: %v", err)
 	}
 	if got := e.storage.puts.Load() - before; got != 1+saveAttempts {
@@ -550,5 +550,155 @@ func BenchmarkRotationDecision(b *testing.B) {
 		if s.wants(testStart, defaultRefreshMargin, triggerTick) || testStart.Before(be.earliestCall(testStart, s, triggerTick, false)) {
 			b.Fatal("unexpected decision")
 		}
+	}
+}
+
+// TestNoRefreshWithin30sOfFailure: a rejected refresh is followed at once by
+// a login, but the next /auth/refresh still waits 30 s from the failure,
+// however short the token lifetime.
+func TestNoRefreshWithin30sOfFailure(t *testing.T) {
+	e := newTestEnv(t, withFake(func(o *fakett.Options) { o.TokenLifetime = 20 * time.Second }))
+	e.configure(nil)
+	e.fake.RevokeAll()
+	e.clock.Add(10 * time.Second)
+	e.readLive() // due: the refresh is rejected, the login succeeds
+	if st := e.fake.Stats(); st.RefreshCalls != 1 || st.LoginCalls != 2 {
+		t.Fatalf("%+v", st)
+	}
+	for i := 0; i < 290; i++ {
+		e.clock.Add(100 * time.Millisecond)
+		_, _ = e.request(logical.ReadOperation, "token", nil)
+		_, _ = e.request(logical.UpdateOperation, "rotate", nil)
+	}
+	if got := e.fake.Stats().RefreshCalls; got != 1 {
+		t.Fatalf("%d refresh calls within 30 s of the failure", got)
+	}
+	e.clock.Add(time.Second)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil)
+}
+
+func TestRotateRefusedWhenReauthRequired(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": ""})
+	e.fake.RevokeAll()
+	e.clock.Add(49 * time.Minute)
+	_ = e.tick()
+	calls := e.fake.Stats().RefreshCalls
+	e.clock.Add(time.Minute)
+	resp, err := e.request(logical.UpdateOperation, "rotate", nil)
+	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "re-authentication") {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	if e.fake.Stats().RefreshCalls != calls {
+		t.Fatal("rotate called Teletracker in reauth_required")
+	}
+}
+
+func TestRotateHonoursRetryAfter(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: 429, RetryAfter: "600"})
+	e.clock.Add(time.Minute)
+	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusBadGateway {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	e.clock.Add(5 * time.Minute)
+	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("rotate inside Retry-After: resp=%v err=%v", resp, err)
+	}
+	e.clock.Add(5 * time.Minute)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil)
+}
+
+// TestUnknownOutcomeKeepsMarker: a refresh that timed out may have spent the
+// token; the marker stays, and if the retry is rejected, status says a
+// refresh was interrupted.
+func TestUnknownOutcomeKeepsMarker(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(map[string]interface{}{"request_timeout": 1})
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": ""})
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: 3 * time.Second, Spend: true})
+	e.clock.Add(49 * time.Minute)
+	_ = e.tick()
+	if s := e.stored(); s.Pending == nil || s.ConsecutiveFailures != 1 {
+		t.Fatalf("after a timeout the marker must stay: %+v", s)
+	}
+	e.clock.Add(2 * time.Minute)
+	_ = e.tick()
+	s := e.status()
+	if s["state"] != stateReauthRequired || !strings.Contains(s["last_error"].(string), "was interrupted") {
+		t.Fatalf("%v", s)
+	}
+}
+
+// TestCallerLeavingDoesNotAbortRefresh: once a refresh is sent, the caller's
+// context being cancelled must not stop its result from being stored.
+func TestCallerLeavingDoesNotAbortRefresh(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	gen := e.stored().Generation
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: 300 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	e.clock.Add(time.Minute)
+	if _, err := e.b.ensure(ctx, e.storage, triggerRotate); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.stored(); s.Generation != gen+1 || s.Pending != nil {
+		t.Fatalf("refresh result not stored: %+v", s)
+	}
+}
+
+// TestFloorHeldInMemory: the 10 s floor holds from memory even when the
+// stored record of the last refresh is lost.
+func TestFloorHeldInMemory(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(time.Minute)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil)
+	s := e.stored()
+	s.LastRefreshAt = time.Time{}
+	if err := putSession(context.Background(), e.storage, s); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Add(5 * time.Second)
+	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+}
+
+// TestClockGoingBackDoesNotStopRefreshes: a clock set back an hour must not
+// block refreshes for an hour, nor allow a burst.
+func TestClockGoingBackDoesNotStopRefreshes(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(time.Minute)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil)
+	e.clock.Add(-time.Hour)
+	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); err != nil || resp.IsError() {
+		t.Fatalf("refresh blocked after the clock went back: %v %v", resp, err)
+	}
+	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("a second refresh at once: resp=%v err=%v", resp, err)
+	}
+}
+
+func TestDeleteDropsHeldSession(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(49 * time.Minute)
+	e.storage.skipPuts.Store(1)
+	e.storage.failPuts.Store(-1)
+	_ = e.tick()
+	e.storage.failPuts.Store(0)
+	if e.b.unsaved.Load() == nil {
+		t.Fatal("setup: no session held")
+	}
+	e.mustRequest(logical.DeleteOperation, "config", nil)
+	e.configure(nil)
+	_ = e.tick()
+	if s := e.stored(); s.Generation != 1 || e.b.unsaved.Load() != nil {
+		t.Fatalf("the deleted session came back: generation %d", s.Generation)
 	}
 }

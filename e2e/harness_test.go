@@ -77,6 +77,9 @@ func setup() error {
 	}
 	plugin := filepath.Join(env.pluginDir, pluginBin)
 	if src := os.Getenv("PLUGIN_BIN"); src != "" {
+		if os.Getenv("VERSION") == "" {
+			return errors.New("PLUGIN_BIN needs VERSION, the version it was built with")
+		}
 		if err := copyFile(src, plugin); err != nil {
 			return err
 		}

@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"net/http"
+	"os"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestSoak: 100 concurrent readers through Vault for SOAK_DURATION (60 s in
+// make test, 10 min in make soak), a 30 s token lifetime on the fake and
+// 10% random upstream faults. No read may fail while a valid token exists, no
+// refresh token is re-used, and refresh calls stay within the rate bound.
+func TestSoak(t *testing.T) {
+	duration := 60 * time.Second
+	if v := os.Getenv("SOAK_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("SOAK_DURATION: %v", err)
+		}
+		duration = d
+	}
+	c := env.dev.client
+	f := startFake(t, "-token-lifetime", "30s")
+	enableMount(t, c, "tt-soak")
+	configure(t, c, "tt-soak", f, map[string]interface{}{"request_timeout": "1s"})
+	f.admin(t, http.MethodPost, "/_fake/fault-rate", map[string]interface{}{
+		"rate": 0.1,
+		"faults": []map[string]interface{}{
+			{"status": 503},
+			{"status": 500},
+			{"status": 429, "retry_after": "5"},
+			{"reset": true},
+			{"delay": "2s"},
+			{"body": `{"success":false,"error":"busy"}`},
+		},
+	}, nil)
+
+	// What the readers saw: every failure, and for every token when it was
+	// first served and until when it was valid.
+	type seenToken struct{ first, expires time.Time }
+	var (
+		mu       sync.Mutex
+		ok       int64
+		failures []time.Time
+		tokens   = map[string]seenToken{}
+		dead     []string // tokens the fake refused when first served
+		wg       sync.WaitGroup
+		stop     = make(chan struct{})
+	)
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				s, err := c.Logical().Read("tt-soak/token")
+				now := time.Now()
+				if err != nil || s == nil {
+					mu.Lock()
+					failures = append(failures, now)
+					mu.Unlock()
+					continue
+				}
+				tok := s.Data["token"].(string)
+				exp, _ := time.Parse(time.RFC3339, s.Data["expires_at"].(string))
+				mu.Lock()
+				ok++
+				_, seen := tokens[tok]
+				if !seen {
+					tokens[tok] = seenToken{first: now, expires: exp}
+				}
+				mu.Unlock()
+				if !seen && !f.live(t, tok) {
+					mu.Lock()
+					dead = append(dead, tok)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	time.Sleep(duration)
+	close(stop)
+	wg.Wait()
+
+	// A read may fail only when no token served before it was still valid
+	// (expires_at is rounded down to the second: never later than the truth).
+	for _, at := range failures {
+		for _, tok := range tokens {
+			if tok.first.Before(at) && at.Before(tok.expires) {
+				t.Errorf("read failed at %s while a token valid until %s existed", at.Format(time.RFC3339Nano), tok.expires)
+				break
+			}
+		}
+	}
+	if len(dead) > 0 {
+		t.Errorf("%d tokens served that the fake refused", len(dead))
+	}
+	st := f.stats(t)
+	gaps := make([]time.Duration, 0, len(st.RefreshCallTimes))
+	for i := 1; i < len(st.RefreshCallTimes); i++ {
+		gaps = append(gaps, st.RefreshCallTimes[i].Sub(st.RefreshCallTimes[i-1]))
+	}
+	sort.Slice(gaps, func(i, j int) bool { return gaps[i] < gaps[j] })
+	var minGap time.Duration
+	if len(gaps) > 0 {
+		minGap = gaps[0]
+	}
+	maxCalls := int64(duration/(10*time.Second)) + 1
+	t.Logf("soak %v: %d reads ok, %d failed while no valid token existed, %d distinct tokens", duration, ok, len(failures), len(tokens))
+	t.Logf("fake: %d refresh calls (bound %d), %d refreshes, %d login calls, %d re-used refresh tokens, shortest gap between refresh calls %v",
+		st.RefreshCalls, maxCalls, st.Refreshes, st.LoginCalls, st.ReusedRefreshTokens, minGap)
+
+	if st.ReusedRefreshTokens != 0 {
+		t.Errorf("%d refresh tokens re-used", st.ReusedRefreshTokens)
+	}
+	if st.RefreshCalls > maxCalls || (len(gaps) > 0 && minGap < 10*time.Second) {
+		t.Errorf("refresh calls outside the bound: %d calls, shortest gap %v", st.RefreshCalls, minGap)
+	}
+	if ok == 0 || len(tokens) < 2 {
+		t.Errorf("the soak did not exercise rotations: %d reads, %d tokens", ok, len(tokens))
+	}
+}
