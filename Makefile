@@ -11,7 +11,7 @@ FUZZTIME    ?= 60s
 
 export VERSION
 
-.PHONY: build fakett vault test lint unit e2e dev dev-stop fuzz clean
+.PHONY: build fakett vault test lint unit e2e dev dev-stop fuzz clean bench
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
@@ -45,6 +45,10 @@ dev: build fakett
 
 dev-stop:
 	@scripts/dev.sh stop
+
+# Measurements on one Vault dev server; writes BENCHMARKS.md (under 10 minutes).
+bench: build fakett
+	@scripts/bench/run.sh
 
 fuzz:
 	go test -run '^$$' -fuzz '^FuzzParseResponse$$' -fuzztime $(FUZZTIME) .
