@@ -164,15 +164,25 @@ var tokenResponseFields = map[string]*framework.FieldSchema{
 	"next_vault_rotation": {Type: framework.TypeString, Required: true, Description: "When this token will be replaced at the latest (RFC 3339)."},
 }
 
-// pathTokenRead answers from memory when it can. Otherwise it goes through
-// the refresh lock, which refreshes first if the token is due.
+// pathTokenRead answers from memory when it can. Otherwise it takes the
+// refresh lock and refreshes first if the token is due, except that a read
+// of a token that is due but still valid does not wait while another caller
+// holds the lock: it is answered with that token.
 func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	if st := b.served.Load(); st != nil {
-		if now := b.now(); st.settled(now) {
+	st := b.served.Load()
+	now := b.now()
+	switch {
+	case st != nil && st.settled(now):
+		return st.answer(now)
+	case st != nil && now.Before(st.expiresAt):
+		if !b.refreshMu.TryLock() {
 			return st.answer(now)
 		}
+	default:
+		b.refreshMu.Lock()
 	}
-	st, err := b.ensure(ctx, req.Storage, triggerRead)
+	st, err := b.ensureLocked(ctx, req.Storage, triggerRead)
+	b.refreshMu.Unlock()
 	if st == nil {
 		if errors.Is(err, errNotConfigured) || errors.Is(err, errNoSession) {
 			return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest

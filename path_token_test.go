@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,13 +170,40 @@ func TestSingleFlight(t *testing.T) {
 		if err != nil {
 			t.Fatalf("reader %d: %v", i, err)
 		}
-		if tokens[i] != tokens[0] || !e.fake.Live(tokens[i]) {
-			t.Fatalf("reader %d got a different or dead token", i)
+		if !e.fake.Live(tokens[i]) {
+			t.Fatalf("reader %d got a dead token", i)
 		}
 	}
 	st := e.fake.Stats()
 	if st.RefreshCalls != 1 || st.ReusedRefreshTokens != 0 {
 		t.Fatalf("refresh calls %d, re-used %d; want 1 and 0", st.RefreshCalls, st.ReusedRefreshTokens)
+	}
+}
+
+// TestReadersDoNotWaitForRefresh: while one caller refreshes a token that is
+// due but still valid, other reads are answered at once with that token.
+func TestReadersDoNotWaitForRefresh(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	old := e.readToken().Data["token"]
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: time.Second})
+	e.clock.Add(55 * time.Minute)
+	done := make(chan *logical.Response)
+	go func() { done <- e.readToken() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.fake.Stats().RefreshCalls == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the refresh never started")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < 100; i++ {
+		if got := e.readToken().Data["token"]; got != old {
+			t.Fatalf("read %d during the refresh got %v, want the still-valid token at once", i, got)
+		}
+	}
+	if got := (<-done).Data["token"]; got == old || e.fake.Stats().Refreshes != 1 {
+		t.Fatal("the refreshing read did not get the new token")
 	}
 }
 
@@ -336,7 +365,7 @@ func BenchmarkTokenRead(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := e.b.pathTokenRead(ctx, req, nil); err != nil {
+		if _, err := e.b.HandleRequest(ctx, req); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -351,7 +380,7 @@ func BenchmarkTokenReadParallel(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		req := &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: e.storage}
 		for pb.Next() {
-			if _, err := e.b.pathTokenRead(ctx, req, nil); err != nil {
+			if _, err := e.b.HandleRequest(ctx, req); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -415,5 +444,49 @@ func TestTokenReadWithoutSession(t *testing.T) {
 	}
 	if s := e.status(); s["state"] != stateReauthRequired {
 		t.Fatalf("%v", s)
+	}
+}
+
+// countingSystemView counts calls back to Vault for the replication state.
+type countingSystemView struct {
+	*logical.StaticSystemView
+	calls atomic.Int64
+}
+
+func (c *countingSystemView) ReplicationState() consts.ReplicationState {
+	c.calls.Add(1)
+	return c.StaticSystemView.ReplicationState()
+}
+
+// TestTokenReadSkipsFrameworkWork: a token read served from memory makes no
+// call back to Vault (the framework asks for the replication state on every
+// request it routes).
+func TestTokenReadSkipsFrameworkWork(t *testing.T) {
+	conf := logical.TestBackendConfig()
+	sys := &countingSystemView{StaticSystemView: conf.System.(*logical.StaticSystemView)}
+	conf.System = sys
+	conf.StorageView = &logical.InmemStorage{}
+	b := newBackend()
+	if err := b.Setup(context.Background(), conf); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(fakett.New(fakett.Options{}))
+	defer srv.Close()
+	if _, err := b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "config", Storage: conf.StorageView,
+		Data: map[string]interface{}{"base_url": srv.URL, "username": "demo", "password": "demo-password"}}); err != nil {
+		t.Fatal(err)
+	}
+	req := &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: conf.StorageView}
+	if _, err := b.HandleRequest(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	before := sys.calls.Load()
+	for i := 0; i < 100; i++ {
+		if resp, err := b.HandleRequest(context.Background(), req); err != nil || resp.Data["token"] == "" {
+			t.Fatal(resp, err)
+		}
+	}
+	if n := sys.calls.Load() - before; n != 0 {
+		t.Fatalf("100 token reads called back to Vault %d times", n)
 	}
 }

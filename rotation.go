@@ -156,7 +156,11 @@ func backoff(n int) time.Duration {
 func (b *backend) ensure(ctx context.Context, storage logical.Storage, t trigger) (*servedToken, error) {
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
+	return b.ensureLocked(ctx, storage, t)
+}
 
+// ensureLocked is ensure for a caller that holds refreshMu.
+func (b *backend) ensureLocked(ctx context.Context, storage logical.Storage, t trigger) (*servedToken, error) {
 	// Readers that queued behind a refresh find its result here, without
 	// another storage round trip; only a caller that may act re-reads.
 	if st := b.served.Load(); t == triggerRead && st != nil && st.settled(b.now()) {
