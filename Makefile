@@ -38,7 +38,7 @@ unit:
 
 e2e: build fakett vault
 	VAULT_BIN=$$(scripts/vault.sh) PLUGIN_BIN=$(CURDIR)/bin/$(PLUGIN) FAKETT_BIN=$(CURDIR)/bin/fakett \
-	  go test -count=1 -timeout 20m ./e2e/
+	  go test -count=1 -parallel 4 -timeout 20m ./e2e/
 
 dev: build fakett
 	@scripts/dev.sh start

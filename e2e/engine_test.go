@@ -172,6 +172,7 @@ func TestTwoMounts(t *testing.T) {
 // token, and after a rotation holds the new one within the advertised ttl
 // plus a few seconds.
 func TestAgentRendersRotations(t *testing.T) {
+	t.Parallel() // a long test: it runs beside the other long ones
 	c := env.dev.client
 	f := startFake(t, "-token-lifetime", "24s") // margin is half: a new token every 12 s
 	enableMount(t, c, "teletracker-agent")
@@ -242,6 +243,7 @@ func TestAgentRendersRotations(t *testing.T) {
 // SIGKILL and restarted; after unseal it serves a working token without a
 // new login and without re-using a refresh token.
 func TestRestartKeepsSession(t *testing.T) {
+	t.Parallel() // a long test: it runs beside the other long ones
 	f := startFake(t)
 	dir := filepath.Join(env.workDir, "restart")
 	port := freePort(t)

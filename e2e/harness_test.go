@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -25,6 +26,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
 )
 
 const (
@@ -167,25 +170,45 @@ func enableMount(t *testing.T, c *api.Client, path string) {
 }
 
 // freePort returns a loopback port that is free, with the next one free too
-// (a dev server's cluster listener takes port+1).
+// (a Vault server's cluster listener takes port+1).
 func freePort(t testing.TB) int {
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Helper()
+	port, err := freePortPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// freePortPair finds two consecutive free loopback ports below the kernel's
+// ephemeral range, where no outgoing connection (and no listener on port 0)
+// can take one between this check and the server binding it.
+func freePortPair() (int, error) {
+	low, high := 10000, 30000
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if lo, err := strconv.Atoi(f[0]); err == nil && lo > 3000 {
+				low, high = lo/3, lo-2
+			}
+		}
+	}
+	var lastErr error
+	for i := 0; i < 200; i++ {
+		port := low + rand.IntN(high-low)
+		l1, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
+			lastErr = err
 			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
 		l2, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+1))
-		_ = l.Close()
+		_ = l1.Close()
 		if err == nil {
 			_ = l2.Close()
-			return port
+			return port, nil
 		}
+		lastErr = err
 	}
-	if t != nil {
-		t.Fatal("no free port pair")
-	}
-	return 0
+	return 0, fmt.Errorf("no free pair of loopback ports: %v", lastErr)
 }
 
 // vaultServer is one Vault process started by a test.
@@ -201,7 +224,10 @@ type vaultServer struct {
 
 // startDevVault starts `vault server -dev` on loopback with the plugin dir.
 func startDevVault(name string) (*vaultServer, error) {
-	port := freePort(nil)
+	port, err := freePortPair()
+	if err != nil {
+		return nil, err
+	}
 	return startVault(name, []string{
 		"server", "-dev", "-dev-root-token-id=" + rootToken,
 		"-dev-listen-address=127.0.0.1:" + strconv.Itoa(port),
@@ -387,20 +413,10 @@ func (f *fake) stop() {
 	}
 }
 
-// fakeStats mirrors the fake's /_fake/stats answer.
-type fakeStats struct {
-	LoginCalls          int64       `json:"login_calls"`
-	RefreshCalls        int64       `json:"refresh_calls"`
-	Logins              int64       `json:"logins"`
-	Refreshes           int64       `json:"refreshes"`
-	ReusedRefreshTokens int64       `json:"reused_refresh_tokens"`
-	RejectedRefreshes   int64       `json:"rejected_refreshes"`
-	RefreshCallTimes    []time.Time `json:"refresh_call_times"`
-}
-
-func (f *fake) stats(t testing.TB) fakeStats {
+// stats is the fake's /_fake/stats answer.
+func (f *fake) stats(t testing.TB) fakett.Stats {
 	t.Helper()
-	var s fakeStats
+	var s fakett.Stats
 	f.admin(t, http.MethodGet, "/_fake/stats", nil, &s)
 	return s
 }

@@ -14,6 +14,7 @@ import (
 // 10% random upstream faults. No read may fail while a valid token exists, no
 // refresh token is re-used, and refresh calls stay within the rate bound.
 func TestSoak(t *testing.T) {
+	t.Parallel() // a long test: it runs beside the other long ones
 	duration := 60 * time.Second
 	if v := os.Getenv("SOAK_DURATION"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -58,7 +59,7 @@ func TestSoak(t *testing.T) {
 				select {
 				case <-stop:
 					return
-				case <-time.After(50 * time.Millisecond):
+				case <-time.After(100 * time.Millisecond):
 				}
 				s, err := c.Logical().Read("tt-soak/token")
 				now := time.Now()
