@@ -12,7 +12,7 @@ import (
 
 // maxIdleHeap is the heap size above which a tick collects and releases.
 // The engine's live heap is a few MiB whatever the number of mounts.
-const maxIdleHeap = 16 << 20
+const maxIdleHeap = 8 << 20
 
 // heapMetric is the runtime's count of all heap memory it holds.
 const heapMetric = "/memory/classes/heap/objects:bytes"
