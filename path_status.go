@@ -82,8 +82,8 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 		return &logical.Response{Data: data}, nil
 	}
 	data["state"] = s.state()
-	data["token_valid"] = s.Token != "" && b.now().Before(s.ExpiresAt)
-	data["expires_at"] = timeText(s.ExpiresAt)
+	data["token_valid"] = s.Token != "" && b.now().Before(s.expiresAt())
+	data["expires_at"] = timeText(s.expiresAt())
 	data["refresh_token_expires_at"] = timeText(s.RefreshTokenExpiresAt)
 	data["last_vault_rotation"] = timeText(s.ObtainedAt)
 	data["next_vault_rotation"] = timeText(s.refreshAt(cfg.RefreshMargin))

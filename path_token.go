@@ -39,10 +39,10 @@ var bearer any = "Bearer"
 func (b *backend) publish(epoch uint64, s *session, cfg *teletrackerConfig) *servedToken {
 	now := b.now()
 	st := &servedToken{
-		expiresAt:      s.ExpiresAt,
+		expiresAt:      s.expiresAt(),
 		refreshAt:      s.refreshAt(cfg.RefreshMargin),
 		token:          s.Token,
-		expiresAtText:  s.ExpiresAt.UTC().Format(time.RFC3339),
+		expiresAtText:  s.expiresAt().UTC().Format(time.RFC3339),
 		lastRotation:   s.ObtainedAt.UTC().Format(time.RFC3339),
 		rotationPeriod: int64(s.rotationPeriod(cfg.RefreshMargin) / time.Second),
 	}

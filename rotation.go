@@ -266,7 +266,7 @@ func (b *backend) refresh(ctx context.Context, storage logical.Storage, cfg *tel
 	if err == nil {
 		next := marked.withGrant(g, sentAt, cfg.identity())
 		next.RefreshCount++
-		b.Logger().Info("token refreshed", "generation", next.Generation, "expires_at", next.ExpiresAt.Format(time.RFC3339))
+		b.Logger().Info("token refreshed", "generation", next.Generation, "expires_at", next.expiresAt().Format(time.RFC3339))
 		return next, nil
 	}
 

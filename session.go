@@ -38,10 +38,9 @@ type session struct {
 	RefreshToken string `json:"refresh_token"`
 	// Lifetime is the bearer token's lifetime as Teletracker reported it.
 	Lifetime time.Duration `json:"lifetime"`
-	// ObtainedAt is when the call that returned Token was sent (Vault's clock).
+	// ObtainedAt is when the call that returned Token was sent (Vault's
+	// clock); the token expires Lifetime after it.
 	ObtainedAt time.Time `json:"obtained_at"`
-	// ExpiresAt is ObtainedAt + Lifetime.
-	ExpiresAt time.Time `json:"expires_at"`
 	// RefreshTokenExpiresAt is when RefreshToken expires on Vault's clock;
 	// zero when Teletracker did not say.
 	RefreshTokenExpiresAt time.Time `json:"refresh_token_expires_at,omitzero"`
@@ -175,7 +174,6 @@ func (s *session) withGrant(g *grant, sentAt time.Time, id string) *session {
 		RefreshToken: g.refreshToken,
 		Lifetime:     g.lifetime,
 		ObtainedAt:   sentAt,
-		ExpiresAt:    sentAt.Add(g.lifetime),
 	}
 	if g.refreshLifetime > 0 {
 		next.RefreshTokenExpiresAt = sentAt.Add(g.refreshLifetime)
@@ -231,7 +229,7 @@ func (s *session) salvage(g *grant, sentAt time.Time) {
 func (s *session) foreign(cfg *teletrackerConfig) *session {
 	next := *s
 	next.Token = ""
-	next.ExpiresAt = time.Time{}
+	next.Lifetime = 0
 	next.RefreshRejected = true
 	next.LastError = "the stored session belongs to another base_url, username or account_id than the config"
 	if cfg.Password == "" {
@@ -250,9 +248,14 @@ func margin(lifetime, configured time.Duration) time.Duration {
 	return configured
 }
 
+// expiresAt is when the bearer token expires, on Vault's clock.
+func (s *session) expiresAt() time.Time {
+	return s.ObtainedAt.Add(s.Lifetime)
+}
+
 // refreshAt is when the token enters its margin and is due for replacement.
 func (s *session) refreshAt(configured time.Duration) time.Time {
-	return s.ExpiresAt.Add(-margin(s.Lifetime, configured))
+	return s.expiresAt().Add(-margin(s.Lifetime, configured))
 }
 
 // rotationPeriod is the time between two replacements of the token.
