@@ -11,7 +11,7 @@ FUZZTIME    ?= 60s
 
 export VERSION
 
-.PHONY: build fakett vault test lint unit e2e dev dev-stop fuzz clean bench
+.PHONY: build fakett vault test lint unit e2e dev dev-stop bench soak ha-test fuzz clean
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
@@ -49,6 +49,15 @@ dev-stop:
 # Measurements on one Vault dev server; writes BENCHMARKS.md (under 10 minutes).
 bench: build fakett
 	@scripts/bench/run.sh
+
+# The e2e soak for 10 minutes instead of 60 s; prints its figures.
+soak: build fakett vault
+	VAULT_BIN=$$(scripts/vault.sh) PLUGIN_BIN=$(CURDIR)/bin/$(PLUGIN) FAKETT_BIN=$(CURDIR)/bin/fakett SOAK_DURATION=10m \
+	  go test -count=1 -timeout 30m -run '^TestSoak$$' -v ./e2e/
+
+# The HA failover test alone and verbosely (make test runs it with the rest).
+ha-test:
+	@scripts/ha-test.sh
 
 fuzz:
 	go test -run '^$$' -fuzz '^FuzzParseResponse$$' -fuzztime $(FUZZTIME) .

@@ -50,7 +50,7 @@ type backend struct {
 	now func() time.Time
 
 	// refreshMu is the one refresh lock. It guards every call to Teletracker,
-	// every write of config or session, and the fields below up to served.
+	// every write of config or session, and the fields below up to stopResume.
 	refreshMu sync.Mutex
 	// client is the HTTP client for clientKey's config.
 	client *client
@@ -60,9 +60,16 @@ type backend struct {
 	lastRefresh time.Time
 	// lastFailure is when this process last sent a call that failed.
 	lastFailure time.Time
+	// retryAfterUntil is the end of a Retry-After a config write's call got
+	// (other calls' are stored in the session).
+	retryAfterUntil time.Time
+
+	// stopResume cancels the background resolution of an interrupted
+	// refresh that initialize starts; nil when none was started.
+	stopResume context.CancelFunc
 
 	// unsaved holds a session whose storage write failed, until it is stored.
-	// Written under refreshMu; read without it by status.
+	// Written under refreshMu; read without it by status and token reads.
 	unsaved atomic.Pointer[session]
 	// served is what token reads answer from; nil until loaded, and after
 	// Invalidate.
@@ -129,17 +136,23 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	}
 	b.Logger().Warn("found a refresh whose result was never stored; trying its refresh token now",
 		"started_at", s.Pending.StartedAt.Format(time.RFC3339), "generation", s.Pending.Generation)
-	go b.resumeInterrupted(ctx, req.Storage)
+	// It outlives this call, whose context Vault cancels when it returns.
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
+	b.stopResume = cancel
+	go func() {
+		defer cancel()
+		b.resumeInterrupted(bg, req.Storage)
+	}()
 	return nil
 }
 
 // periodicFunc runs on Vault's tick and refreshes ahead of need. It does
 // nothing where storage is not writable (standbys, performance secondaries).
 func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error {
-	releaseIdleMemory()
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
+	defer releaseIdleMemory()
 	_, err := b.ensure(ctx, req.Storage, triggerTick)
 	if err == nil || isExpectedTickError(err) {
 		return nil
@@ -157,8 +170,13 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	}
 }
 
-// clean releases the HTTP client when the mount goes away.
+// clean releases the HTTP client when the mount goes away. A start-up
+// resume that has not begun is cancelled; one under way holds refreshMu, so
+// clean waits for it to store its result.
 func (b *backend) clean(context.Context) {
+	if b.stopResume != nil {
+		b.stopResume()
+	}
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
 	if b.client != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -383,4 +384,34 @@ func TestInitializeResumesInterruptedRefresh(t *testing.T) {
 		t.Fatalf("refreshes %d, want 1", got)
 	}
 	e.wantNoReuse()
+}
+
+// TestCleanWaitsForResume: unmounting stops the start-up resume and waits
+// for it, so it never writes to a mount that is gone.
+func TestCleanWaitsForResume(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	s := e.stored()
+	s.Pending = &pendingRefresh{Generation: s.Generation, StartedAt: e.clock.Now()}
+	if err := putSession(context.Background(), e.storage, s); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Add(time.Minute)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: 500 * time.Millisecond})
+	if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.fake.Stats().RefreshCalls == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the resume never called Teletracker")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	e.b.Cleanup(context.Background())
+	after := e.stored()
+	time.Sleep(time.Second) // anything still running would write by now
+	if got := e.stored(); !reflect.DeepEqual(got, after) || got.Pending != nil {
+		t.Fatalf("the session changed after Clean returned, or the refresh result was lost: %+v", got)
+	}
 }

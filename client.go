@@ -55,7 +55,7 @@ type upstreamError struct {
 	// unknownOutcome is set when the call may have been processed although
 	// no usable answer arrived: a refresh token sent this way may be spent.
 	unknownOutcome bool
-	// spent is set when Teletracker accepted the call (HTTP 200) but gave no
+	// spent is set when Teletracker accepted the call (2xx) but gave no
 	// usable successor refresh token: the one sent is spent, for certain
 	// (success without a refreshToken) or presumably (the body could not be
 	// read; then unknownOutcome is set too).
@@ -81,8 +81,6 @@ func (e *upstreamError) Error() string {
 // grant is what a successful login or refresh returns, with Teletracker's
 // timestamps already turned into durations so that only Vault's clock is used.
 type grant struct {
-	// guid identifies the Teletracker session.
-	guid string
 	// token is the bearer token.
 	token string
 	// refreshToken continues the session, once.
@@ -99,7 +97,6 @@ type grant struct {
 // sessionBody is the JSON Teletracker answers with; unknown fields are ignored.
 type sessionBody struct {
 	Success                *bool           `json:"success"`
-	GUID                   string          `json:"guid"`
 	Token                  string          `json:"token"`
 	TokenExpiration        string          `json:"tokenExpiration"`
 	TokenLifetime          json.RawMessage `json:"tokenLifetime"`
@@ -276,7 +273,7 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 		return nil, &upstreamError{class: failTransient, status: status, detail: "call failed: " + detail}
 	}
 
-	g := &grant{guid: sb.GUID, token: sb.Token, refreshToken: sb.RefreshToken}
+	g := &grant{token: sb.Token, refreshToken: sb.RefreshToken}
 	var problems []string
 	if sb.Token == "" {
 		problems = append(problems, "no token")

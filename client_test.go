@@ -22,7 +22,7 @@ func TestParseResponseSuccess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if g.guid != "g-1" || g.token != "tok-1" || g.refreshToken != "rt-1" || g.lifetime != time.Hour {
+	if g.token != "tok-1" || g.refreshToken != "rt-1" || g.lifetime != time.Hour {
 		t.Fatalf("%+v", g)
 	}
 	// 29 days between the two server timestamps, plus the token's hour.

@@ -10,26 +10,38 @@ import (
 // memory slowly after that, so without this the plugin would sit near its
 // peak RSS long after the load is gone (see BENCHMARKS.md, cost at rest).
 
-// maxIdleHeap is the heap size above which a tick collects and releases.
-// The engine's live heap is a few MiB whatever the number of mounts.
+// maxIdleHeap is how much reclaimable heap (garbage, and free memory not yet
+// returned to the OS) the process may hold before a tick collects it.
 const maxIdleHeap = 8 << 20
 
-// heapMetric is the runtime's count of all heap memory it holds.
-const heapMetric = "/memory/classes/heap/objects:bytes"
+// heapMetrics: the heap in objects (live and garbage not yet collected),
+// the live part as of the last collection, and free memory still held.
+var heapMetrics = []string{
+	"/memory/classes/heap/objects:bytes",
+	"/gc/heap/live:bytes",
+	"/memory/classes/heap/free:bytes",
+	"/memory/classes/heap/unused:bytes",
+}
 
 // releaseIdleMemory collects garbage and returns free memory to the OS when
-// the heap is larger than maxIdleHeap. It is called on Vault's tick: once a
-// minute per mount, and a no-op after the first call has shrunk the heap.
+// more than maxIdleHeap of the heap could be reclaimed. It is called on
+// Vault's tick, once a minute per mount; it does nothing when the heap
+// holds little beyond its live objects, as it does once a burst is over and
+// one call has released it.
 func releaseIdleMemory() {
-	sample := []metrics.Sample{{Name: heapMetric}, {Name: "/memory/classes/heap/free:bytes"}, {Name: "/memory/classes/heap/unused:bytes"}}
+	sample := make([]metrics.Sample, len(heapMetrics))
+	for i, name := range heapMetrics {
+		sample[i].Name = name
+	}
 	metrics.Read(sample)
-	var held uint64
-	for _, s := range sample {
+	var v [4]uint64
+	for i, s := range sample {
 		if s.Value.Kind() == metrics.KindUint64 {
-			held += s.Value.Uint64()
+			v[i] = s.Value.Uint64()
 		}
 	}
-	if held > maxIdleHeap {
+	garbage := v[0] - min(v[1], v[0])
+	if garbage+v[2]+v[3] > maxIdleHeap {
 		debug.FreeOSMemory()
 	}
 }

@@ -2,6 +2,7 @@ package teletracker
 
 import (
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"testing"
 )
@@ -12,15 +13,35 @@ func gcCycles() uint64 {
 	return s[0].Value.Uint64()
 }
 
+// TestReleaseIdleMemory: garbage over maxIdleHeap is collected and released;
+// a heap of live objects alone, however large, is left alone.
 func TestReleaseIdleMemory(t *testing.T) {
-	big := make([]byte, 4*maxIdleHeap)
-	for i := range big {
-		big[i] = 1
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no collections but ours
+	runtime.GC()
+
+	live := make([]byte, 4*maxIdleHeap)
+	for i := range live {
+		live[i] = 1
 	}
+	runtime.GC() // the live bytes are now known to be live
+	debug.FreeOSMemory()
 	before := gcCycles()
 	releaseIdleMemory()
-	if gcCycles() == before {
-		t.Fatal("a heap over maxIdleHeap was not collected")
+	if gcCycles() != before {
+		t.Fatal("a heap of live objects was collected again")
 	}
-	runtime.KeepAlive(big)
+
+	func() { // garbage once it returns
+		junk := make([][]byte, 0, 4*maxIdleHeap/4096)
+		for i := 0; i < cap(junk); i++ {
+			junk = append(junk, make([]byte, 4096))
+		}
+		runtime.KeepAlive(junk)
+	}()
+	before = gcCycles()
+	releaseIdleMemory()
+	if gcCycles() == before {
+		t.Fatal("garbage over maxIdleHeap was not collected")
+	}
+	runtime.KeepAlive(live)
 }

@@ -209,7 +209,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err != nil {
 		return nil, err
 	}
-	w, err := parseConfigWrite(old, d, cur != nil)
+	// A session started under another identity (a write failed half-way)
+	// is no session for this config.
+	w, err := parseConfigWrite(old, d, cur != nil && old != nil && cur.Identity == old.identity())
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
 	}

@@ -499,3 +499,24 @@ func TestConfigSeedRateLimited(t *testing.T) {
 	e.clock.Add(30 * time.Second)
 	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
 }
+
+// TestForeignSessionIsNotKeptByATuningWrite: when the stored session belongs
+// to another server (a write failed half-way), a write of tuning fields
+// alone needs credentials, and status does not call the mount healthy.
+func TestForeignSessionIsNotKeptByATuningWrite(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": ""})
+	s := e.stored()
+	s.Identity = "https://elsewhere.example \"demo\" 0"
+	if err := putSession(context.Background(), e.storage, s); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.status(); st["state"] != stateReauthRequired || st["token_valid"] != false {
+		t.Fatalf("status %v", st)
+	}
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"refresh_margin": "5m"})
+	if statusOf(resp, err) != http.StatusBadRequest {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+}

@@ -86,4 +86,6 @@ passed; a rotate inside those limits is refused with 429 and says when the
 next call is allowed. When the refresh token has been rejected, rotate logs in
 again with the stored password; when the session needs re-authentication,
 rotate is refused with 400 until config gets a password or refresh_token.
+While a new session is held in memory because storage refused it, rotate is
+refused with 503; a failed Teletracker call answers 502.
 `

@@ -81,6 +81,9 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 		}
 		return &logical.Response{Data: data}, nil
 	}
+	if s.Identity != cfg.identity() {
+		s = s.foreign(cfg)
+	}
 	data["state"] = s.state()
 	data["token_valid"] = s.Token != "" && b.now().Before(s.expiresAt())
 	data["expires_at"] = timeText(s.expiresAt())
@@ -113,9 +116,11 @@ state is one of:
   healthy          the token is refreshed on schedule
   degraded         refreshes fail; the token is served while it is valid, and
                    the engine retries with backoff (see last_error, next_attempt_at)
-  reauth_required  Teletracker rejected the refresh token and there is no
-                   working stored password: write password or refresh_token
-                   to config
+  reauth_required  only a new credential can help: Teletracker rejected the
+                   refresh token and there is no working stored password,
+                   or no session is stored, or the stored one belongs to
+                   another base_url, username or account_id. Write password
+                   or refresh_token to config.
 
 token_valid says whether token reads succeed now (a degraded mount whose
 token has expired fails them). The other fields give the token's and the

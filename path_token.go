@@ -38,15 +38,7 @@ var bearer any = "Bearer"
 // the copy is dropped again at once. The caller holds refreshMu.
 func (b *backend) publish(epoch uint64, s *session, cfg *teletrackerConfig) *servedToken {
 	now := b.now()
-	st := &servedToken{
-		expiresAt:      s.expiresAt(),
-		refreshAt:      s.refreshAt(cfg.RefreshMargin),
-		token:          s.Token,
-		expiresAtText:  s.expiresAt().UTC().Format(time.RFC3339),
-		lastRotation:   s.ObtainedAt.UTC().Format(time.RFC3339),
-		rotationPeriod: int64(s.rotationPeriod(cfg.RefreshMargin) / time.Second),
-	}
-	st.nextRotation = st.refreshAt.UTC().Format(time.RFC3339)
+	st := newServedToken(s, cfg)
 	switch {
 	case s.ReauthRequired:
 		st.holdUntil = now.Add(minRefreshInterval)
@@ -71,6 +63,42 @@ func (b *backend) publish(epoch uint64, s *session, cfg *teletrackerConfig) *ser
 		b.served.Store(nil)
 	}
 	return st
+}
+
+// newServedToken is what reads of s under cfg answer, without holdUntil
+// and problem, which publish adds.
+func newServedToken(s *session, cfg *teletrackerConfig) *servedToken {
+	st := &servedToken{
+		expiresAt:      s.expiresAt(),
+		refreshAt:      s.refreshAt(cfg.RefreshMargin),
+		token:          s.Token,
+		expiresAtText:  s.expiresAt().UTC().Format(time.RFC3339),
+		lastRotation:   s.ObtainedAt.UTC().Format(time.RFC3339),
+		rotationPeriod: int64(s.rotationPeriod(cfg.RefreshMargin) / time.Second),
+	}
+	st.nextRotation = st.refreshAt.UTC().Format(time.RFC3339)
+	return st
+}
+
+// peek answers a read from storage without the refresh lock, for when
+// another caller holds it and no copy is in memory yet (after a restart or
+// an Invalidate): a token that is still valid is served rather than waiting
+// on Teletracker. It returns nil when it cannot answer.
+func (b *backend) peek(ctx context.Context, storage logical.Storage, now time.Time) *logical.Response {
+	cfg, err := getConfig(ctx, storage)
+	if err != nil || cfg == nil {
+		return nil
+	}
+	s := b.unsaved.Load()
+	if s == nil {
+		if s, err = getSession(ctx, storage); err != nil || s == nil {
+			return nil
+		}
+	}
+	if s.Identity != cfg.identity() || s.Token == "" || !now.Before(s.expiresAt()) {
+		return nil
+	}
+	return newServedToken(s, cfg).response(now)
 }
 
 // settled reports whether a read at now is answered from st alone: the
@@ -166,8 +194,8 @@ var tokenResponseFields = map[string]*framework.FieldSchema{
 
 // pathTokenRead answers from memory when it can. Otherwise it takes the
 // refresh lock and refreshes first if the token is due, except that a read
-// of a token that is due but still valid does not wait while another caller
-// holds the lock: it is answered with that token.
+// never waits for another caller holding the lock while a valid token is
+// known, in memory or in storage: it is answered with that token.
 func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	st := b.served.Load()
 	now := b.now()
@@ -179,7 +207,12 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *fr
 			return st.answer(now)
 		}
 	default:
-		b.refreshMu.Lock()
+		if !b.refreshMu.TryLock() {
+			if resp := b.peek(ctx, req.Storage, now); resp != nil {
+				return resp, nil
+			}
+			b.refreshMu.Lock()
+		}
 	}
 	st, err := b.ensureLocked(ctx, req.Storage, triggerRead)
 	b.refreshMu.Unlock()

@@ -46,12 +46,16 @@ func TestTokenRead(t *testing.T) {
 	if resp.Secret != nil || len(resp.Warnings) != 0 {
 		t.Errorf("lease %v warnings %v, want none", resp.Secret, resp.Warnings)
 	}
-	// No secret but the bearer token, in any response.
-	s := e.stored()
+	// No secret but the bearer token, in any response: not the refresh
+	// token, the session guid or the password.
+	secrets := append(e.fake.IssuedSecrets(), "demo-password")
+	if len(secrets) != 4 {
+		t.Fatalf("setup: %d secrets issued", len(secrets))
+	}
 	for _, path := range []string{"token", "status", "config"} {
 		text := fmt.Sprint(e.mustRequest(logical.ReadOperation, path, nil).Data)
-		for _, secret := range []string{s.RefreshToken, s.GUID, "demo-password"} {
-			if strings.Contains(text, secret) {
+		for _, secret := range secrets {
+			if secret != tok && strings.Contains(text, secret) {
 				t.Errorf("%s response holds a secret", path)
 			}
 		}
@@ -488,5 +492,29 @@ func TestTokenReadSkipsFrameworkWork(t *testing.T) {
 	}
 	if n := sys.calls.Load() - before; n != 0 {
 		t.Fatalf("100 token reads called back to Vault %d times", n)
+	}
+}
+
+// TestReadWithoutCopyDoesNotWait: with no copy in memory (after a restart or
+// an Invalidate) and the refresh lock held by a slow caller, a read of a
+// valid stored token is answered from storage instead of waiting.
+func TestReadWithoutCopyDoesNotWait(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	want := e.readToken().Data["token"]
+	e.b.invalidate(context.Background(), sessionKey)
+	e.b.refreshMu.Lock() // a slow refresh, say
+	got := make(chan interface{}, 1)
+	go func() { got <- e.readToken().Data["token"] }()
+	select {
+	case tok := <-got:
+		e.b.refreshMu.Unlock()
+		if tok != want {
+			t.Errorf("read %v, want the stored token", tok)
+		}
+	case <-time.After(10 * time.Second):
+		e.b.refreshMu.Unlock()
+		<-got
+		t.Error("the read waited for the refresh lock")
 	}
 }

@@ -104,6 +104,7 @@ func (b *backend) earliestCall(now time.Time, s *session, t trigger, login bool)
 	}
 	at = later(at, sinceLast(now, minRetryInterval, s.LastErrorAt, b.lastFailure))
 	at = later(at, ahead(now, s.RetryAfterUntil, maxRetryAfter))
+	at = later(at, ahead(now, b.retryAfterUntil, maxRetryAfter))
 	if t != triggerRotate && s.ConsecutiveFailures > 0 {
 		at = later(at, ahead(now, s.NextAttemptAt, maxRetryAfter+maxBackoff))
 	}
@@ -280,17 +281,23 @@ func (b *backend) refresh(ctx context.Context, storage logical.Storage, cfg *tel
 		// serving the old bearer token, and count the failure.
 		next.salvage(g, sentAt)
 		b.Logger().Warn("refresh answer incomplete; kept its new refresh token", "error", err, "generation", next.Generation)
-	case errors.As(err, &ue) && (ue.class == failRejected || (ue.spent && (cfg.Password != "" || !ue.unknownOutcome))):
-		// Rejected, or accepted without a usable successor: the refresh
-		// token is gone. Never send it again; log in, or ask for a new
-		// credential. (A merely presumed loss with no password to fall back
-		// on is tried once more below instead: it may be the only way on.)
+	case errors.As(err, &ue) && (ue.class == failRejected || (ue.spent && (cfg.Password != "" || !ue.unknownOutcome)) ||
+		(ue.unknownOutcome && interrupted != nil && cfg.Password != "")):
+		// Rejected, accepted without a usable successor, or a second
+		// unknown outcome for the same token: it is gone, or may be. Never
+		// send it again; log in, or ask for a new credential. (Without a
+		// password to fall back on, a merely possible loss is tried again
+		// below instead: it may be the session's only way on.)
 		next.Pending = nil
 		next.RefreshRejected = true
 		next.LastError = "refresh token no longer usable: " + err.Error()
 		if interrupted != nil {
-			next.LastError = fmt.Sprintf("a refresh started at %s was interrupted (its result was never stored), and Teletracker now rejects the refresh token it sent: %s",
-				interrupted.StartedAt.UTC().Format(time.RFC3339), err.Error())
+			outcome := "Teletracker now rejects the refresh token it sent"
+			if ue.class != failRejected {
+				outcome = "trying its refresh token again failed too"
+			}
+			next.LastError = fmt.Sprintf("a refresh started at %s was interrupted (its result was never stored), and %s: %s",
+				interrupted.StartedAt.UTC().Format(time.RFC3339), outcome, err.Error())
 		}
 		if cfg.Password == "" {
 			next.ReauthRequired = true
@@ -378,10 +385,16 @@ func (b *backend) establish(ctx context.Context, storage logical.Storage, w *con
 		// but with a new refresh token: keep that, or the handed-over
 		// session is lost. The token comes with the next refresh.
 		b.lastFailure = now
-		next = cur.withGrant(&grant{guid: g.guid, refreshToken: g.refreshToken, refreshLifetime: g.refreshLifetime}, now, w.cfg.identity())
+		next = cur.withGrant(&grant{refreshToken: g.refreshToken, refreshLifetime: g.refreshLifetime}, now, w.cfg.identity())
 		next = next.failed(err, now, b.now())
 		warning = "Teletracker's answer was incomplete (" + err.Error() + "); the session continues with its new refresh token, and a token is fetched on the next attempt"
 	default:
+		// Nothing changes but the rate limits, which count this failure.
+		b.lastFailure = now
+		var ue *upstreamError
+		if errors.As(err, &ue) && ue.retryAfter > 0 {
+			b.retryAfterUntil = later(now, b.now()).Add(ue.retryAfter)
+		}
 		b.Logger().Warn("config write: Teletracker call failed", "error", err, "seed", seed)
 		return nil, "", err
 	}
@@ -393,16 +406,14 @@ func (b *backend) establish(ctx context.Context, storage logical.Storage, w *con
 		b.Logger().Error("config write: new session not stored; nothing changed", "error", err)
 		return nil, "", fmt.Errorf("storing the new session failed, nothing changed: %w", err)
 	}
+	b.unsaved.Store(nil) // a session held in memory is superseded
 	b.Logger().Info("session established", "generation", next.Generation, "seed", seed)
 	return next, warning, nil
 }
 
 // resumeInterrupted handles a refresh marker found at start-up: the refresh
 // token it names may be spent, so it is tried at once rather than when due.
-// It outlives the Initialize call that starts it, bounded by resumeTimeout.
 func (b *backend) resumeInterrupted(ctx context.Context, storage logical.Storage) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
-	defer cancel()
 	if _, err := b.ensure(ctx, storage, triggerTick); err != nil {
 		b.Logger().Warn("resuming an interrupted refresh failed", "error", err)
 	}

@@ -316,58 +316,6 @@ func TestRefreshFloorWhateverLifetimes(t *testing.T) {
 	e.wantRateBound(false)
 }
 
-func TestRotate(t *testing.T) {
-	e := newTestEnv(t)
-	e.configure(nil)
-	first := e.readToken().Data["token"]
-	e.clock.Add(5 * time.Minute)
-	d := e.mustRequest(logical.UpdateOperation, "rotate", nil).Data
-	if _, ok := d["token"]; ok {
-		t.Fatal("rotate returned the token")
-	}
-	if d["last_vault_rotation"] != testStart.Add(5*time.Minute).Format(time.RFC3339) ||
-		d["expires_at"] != testStart.Add(65*time.Minute).Format(time.RFC3339) {
-		t.Fatalf("%v", d)
-	}
-	if e.readToken().Data["token"] == first {
-		t.Fatal("rotate did not replace the served token")
-	}
-	// A second rotate within 10 s is refused and says when to come back.
-	e.clock.Add(9 * time.Second)
-	resp, err := e.request(logical.UpdateOperation, "rotate", nil)
-	if statusOf(resp, err) != http.StatusTooManyRequests || !strings.Contains(err.Error(), "not be called before") {
-		t.Fatalf("resp=%v err=%v", resp, err)
-	}
-	e.clock.Add(time.Second)
-	e.mustRequest(logical.UpdateOperation, "rotate", nil)
-	if got := e.fake.Stats().Refreshes; got != 2 {
-		t.Fatalf("refreshes %d", got)
-	}
-	e.wantNoReuse()
-}
-
-func TestRotateFailureAndUnconfigured(t *testing.T) {
-	e := newTestEnv(t)
-	resp, err := e.request(logical.UpdateOperation, "rotate", nil)
-	if statusOf(resp, err) != http.StatusBadRequest {
-		t.Fatalf("unconfigured rotate: %v %v", resp, err)
-	}
-	e.configure(nil)
-	e.clock.Add(time.Minute)
-	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: 500})
-	resp, err = e.request(logical.UpdateOperation, "rotate", nil)
-	if statusOf(resp, err) != http.StatusBadGateway || !strings.Contains(err.Error(), "HTTP 500") {
-		t.Fatalf("resp=%v err=%v", resp, err)
-	}
-	// A rotate ignores the backoff but not the 30 s after a failure.
-	e.clock.Add(20 * time.Second)
-	if resp, err = e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
-		t.Fatalf("resp=%v err=%v", resp, err)
-	}
-	e.clock.Add(10 * time.Second)
-	e.mustRequest(logical.UpdateOperation, "rotate", nil)
-}
-
 // TestInterruptedRefresh: a marker left by a refresh whose result was never
 // stored makes the next tick try the refresh token once at once.
 func TestInterruptedRefresh(t *testing.T) {
@@ -583,40 +531,6 @@ func TestNoRefreshWithin30sOfFailure(t *testing.T) {
 	e.mustRequest(logical.UpdateOperation, "rotate", nil)
 }
 
-func TestRotateRefusedWhenReauthRequired(t *testing.T) {
-	e := newTestEnv(t)
-	e.configure(nil)
-	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": ""})
-	e.fake.RevokeAll()
-	e.clock.Add(49 * time.Minute)
-	_ = e.tick()
-	calls := e.fake.Stats().RefreshCalls
-	e.clock.Add(time.Minute)
-	resp, err := e.request(logical.UpdateOperation, "rotate", nil)
-	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "re-authentication") {
-		t.Fatalf("resp=%v err=%v", resp, err)
-	}
-	if e.fake.Stats().RefreshCalls != calls {
-		t.Fatal("rotate called Teletracker in reauth_required")
-	}
-}
-
-func TestRotateHonoursRetryAfter(t *testing.T) {
-	e := newTestEnv(t)
-	e.configure(nil)
-	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: 429, RetryAfter: "600"})
-	e.clock.Add(time.Minute)
-	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusBadGateway {
-		t.Fatalf("resp=%v err=%v", resp, err)
-	}
-	e.clock.Add(5 * time.Minute)
-	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
-		t.Fatalf("rotate inside Retry-After: resp=%v err=%v", resp, err)
-	}
-	e.clock.Add(5 * time.Minute)
-	e.mustRequest(logical.UpdateOperation, "rotate", nil)
-}
-
 // TestUnknownOutcomeKeepsMarker: a refresh that timed out may have spent the
 // token; the marker stays, and if the retry is rejected, status says a
 // refresh was interrupted.
@@ -706,5 +620,78 @@ func TestDeleteDropsHeldSession(t *testing.T) {
 	_ = e.tick()
 	if s := e.stored(); s.Generation != 1 || e.b.unsaved.Load() != nil {
 		t.Fatalf("the deleted session came back: generation %d", s.Generation)
+	}
+}
+
+// TestSecondUnknownOutcomeLogsIn: a refresh token whose fate was unknown
+// twice is not sent a third time; with a password the engine logs in.
+func TestSecondUnknownOutcomeLogsIn(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(map[string]interface{}{"request_timeout": 1})
+	e.fake.Fail("/auth/refresh", 2, fakett.Fault{Delay: 3 * time.Second, Spend: true})
+	e.clock.Add(49 * time.Minute)
+	for i := 0; i < 6; i++ {
+		_ = e.tick()
+		e.clock.Add(2 * time.Minute)
+	}
+	st := e.fake.Stats()
+	if st.RefreshCalls != 2 || st.LoginCalls != 2 || e.status()["state"] != stateHealthy {
+		t.Fatalf("%+v %v: want two refresh calls, then a login", st, e.status())
+	}
+	if !strings.Contains(e.status()["last_error"].(string), "was interrupted") {
+		t.Fatalf("last_error %v", e.status()["last_error"])
+	}
+	e.readLive()
+}
+
+// TestConfigWriteFailureCountsForRateLimits: a config write's failed call
+// holds back the next automatic call like any other failure.
+func TestConfigWriteFailureCountsForRateLimits(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.fake.RevokeAll()
+	e.clock.Add(49 * time.Minute)
+	e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 503})
+	if resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"}); statusOf(resp, err) != http.StatusBadGateway {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	calls := e.fake.Stats().RefreshCalls + e.fake.Stats().LoginCalls
+	e.clock.Add(20 * time.Second)
+	_ = e.tick()
+	if got := e.fake.Stats().RefreshCalls + e.fake.Stats().LoginCalls; got != calls {
+		t.Fatalf("a tick 20 s after a failed config write called Teletracker")
+	}
+	e.clock.Add(15 * time.Second)
+	_ = e.tick()
+	if e.status()["state"] != stateHealthy {
+		t.Fatalf("%v", e.status())
+	}
+}
+
+// TestConfigWriteSupersedesHeldSession: a session held in memory because
+// storage refused it is dropped when a config write stores a new one, so it
+// can never overwrite the new session later.
+func TestConfigWriteSupersedesHeldSession(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(49 * time.Minute)
+	e.storage.skipPuts.Store(1)
+	e.storage.failPuts.Store(-1)
+	_ = e.tick()
+	if e.b.unsaved.Load() == nil {
+		t.Fatal("setup: no session held")
+	}
+	e.storage.failPuts.Store(1) // the held session's store fails once more
+	e.clock.Add(time.Minute)
+	seed, _ := e.fake.NewSession("demo")
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"refresh_token": seed})
+	seeded := e.stored()
+	if e.b.unsaved.Load() != nil {
+		t.Fatal("the superseded session is still held")
+	}
+	e.clock.Add(time.Minute)
+	_ = e.tick()
+	if s := e.stored(); s.RefreshToken != seeded.RefreshToken {
+		t.Fatal("the seeded session was overwritten")
 	}
 }

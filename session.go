@@ -30,8 +30,6 @@ type session struct {
 	// Identity is the base_url, username and account_id of the config the
 	// session was started under; a refresh token is never sent elsewhere.
 	Identity string `json:"identity"`
-	// GUID is Teletracker's id of the session; never returned.
-	GUID string `json:"guid,omitempty"`
 	// Token is the bearer token.
 	Token string `json:"token"`
 	// RefreshToken continues the session, once; never returned.
@@ -75,7 +73,8 @@ type session struct {
 
 // pendingRefresh is the marker stored before /auth/refresh is called.
 type pendingRefresh struct {
-	// Generation is the generation whose refresh token was sent.
+	// Generation is the generation whose refresh token was sent; logged
+	// when the marker is found, so an operator can match it to the logs.
 	Generation uint64 `json:"generation"`
 	// StartedAt is when it was sent.
 	StartedAt time.Time `json:"started_at"`
@@ -169,7 +168,6 @@ func (b *backend) storeSession(ctx context.Context, storage logical.Storage, s *
 func (s *session) withGrant(g *grant, sentAt time.Time, id string) *session {
 	next := &session{
 		Identity:     id,
-		GUID:         g.guid,
 		Token:        g.token,
 		RefreshToken: g.refreshToken,
 		Lifetime:     g.lifetime,
@@ -213,7 +211,6 @@ func (s *session) failed(err error, sentAt, now time.Time) *session {
 // otherwise unusable: the one sent is spent. The bearer token stays.
 func (s *session) salvage(g *grant, sentAt time.Time) {
 	s.Generation++
-	s.GUID = g.guid
 	s.RefreshToken = g.refreshToken
 	s.RefreshTokenExpiresAt = time.Time{}
 	if g.refreshLifetime > 0 {

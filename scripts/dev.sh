@@ -85,9 +85,10 @@ start() {
   sha=$(sha256sum "$state/plugins/$plugin" | cut -d' ' -f1)
   "$vault" plugin register -sha256="$sha" -version="$version" -command="$plugin" secret teletracker
   "$vault" secrets enable -path=teletracker -plugin-version="$version" teletracker
-  local args=("base_url=$base_url" "username=$username" "password=$password")
+  # The password goes on stdin (password=-), never on a command line.
+  local args=("base_url=$base_url" "username=$username" "password=-")
   [ -n "${TELETRACKER_ACCOUNT_ID:-}" ] && args+=("account_id=$TELETRACKER_ACCOUNT_ID")
-  "$vault" write teletracker/config "${args[@]}"
+  printf '%s' "$password" | "$vault" write teletracker/config "${args[@]}"
   "$vault" read teletracker/token
   trap - ERR
 

@@ -1,0 +1,98 @@
+package teletracker
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
+)
+
+func TestRotate(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	first := e.readToken().Data["token"]
+	e.clock.Add(5 * time.Minute)
+	d := e.mustRequest(logical.UpdateOperation, "rotate", nil).Data
+	if _, ok := d["token"]; ok {
+		t.Fatal("rotate returned the token")
+	}
+	if d["last_vault_rotation"] != testStart.Add(5*time.Minute).Format(time.RFC3339) ||
+		d["expires_at"] != testStart.Add(65*time.Minute).Format(time.RFC3339) {
+		t.Fatalf("%v", d)
+	}
+	if e.readToken().Data["token"] == first {
+		t.Fatal("rotate did not replace the served token")
+	}
+	// A second rotate within 10 s is refused and says when to come back.
+	e.clock.Add(9 * time.Second)
+	resp, err := e.request(logical.UpdateOperation, "rotate", nil)
+	if statusOf(resp, err) != http.StatusTooManyRequests || !strings.Contains(err.Error(), "not be called before") {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	e.clock.Add(time.Second)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil)
+	if got := e.fake.Stats().Refreshes; got != 2 {
+		t.Fatalf("refreshes %d", got)
+	}
+	e.wantNoReuse()
+}
+
+func TestRotateFailureAndUnconfigured(t *testing.T) {
+	e := newTestEnv(t)
+	resp, err := e.request(logical.UpdateOperation, "rotate", nil)
+	if statusOf(resp, err) != http.StatusBadRequest {
+		t.Fatalf("unconfigured rotate: %v %v", resp, err)
+	}
+	e.configure(nil)
+	e.clock.Add(time.Minute)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: 500})
+	resp, err = e.request(logical.UpdateOperation, "rotate", nil)
+	if statusOf(resp, err) != http.StatusBadGateway || !strings.Contains(err.Error(), "HTTP 500") {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	// A rotate ignores the backoff but not the 30 s after a failure.
+	e.clock.Add(20 * time.Second)
+	if resp, err = e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	e.clock.Add(10 * time.Second)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil)
+}
+
+func TestRotateRefusedWhenReauthRequired(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": ""})
+	e.fake.RevokeAll()
+	e.clock.Add(49 * time.Minute)
+	_ = e.tick()
+	calls := e.fake.Stats().RefreshCalls
+	e.clock.Add(time.Minute)
+	resp, err := e.request(logical.UpdateOperation, "rotate", nil)
+	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "re-authentication") {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	if e.fake.Stats().RefreshCalls != calls {
+		t.Fatal("rotate called Teletracker in reauth_required")
+	}
+}
+
+func TestRotateHonoursRetryAfter(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: 429, RetryAfter: "600"})
+	e.clock.Add(time.Minute)
+	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusBadGateway {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	e.clock.Add(5 * time.Minute)
+	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("rotate inside Retry-After: resp=%v err=%v", resp, err)
+	}
+	e.clock.Add(5 * time.Minute)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil)
+}

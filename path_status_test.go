@@ -1,0 +1,72 @@
+package teletracker
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
+)
+
+// TestStatus follows one mount through its states; every answer is checked
+// against the declared schema by request.
+func TestStatus(t *testing.T) {
+	e := newTestEnv(t)
+	if s := e.status(); s["state"] != stateUnconfigured || s["token_valid"] != false || s["expires_at"] != "" {
+		t.Fatalf("unconfigured: %v", s)
+	}
+
+	e.configure(nil)
+	s := e.status()
+	want := map[string]interface{}{
+		"state": stateHealthy, "token_valid": true, "consecutive_failures": 0, "refresh_count": int64(0),
+		"expires_at":               testStart.Add(time.Hour).Format(time.RFC3339),
+		"refresh_token_expires_at": testStart.Add(30 * 24 * time.Hour).Format(time.RFC3339),
+		"last_vault_rotation":      testStart.Format(time.RFC3339),
+		"next_vault_rotation":      testStart.Add(50 * time.Minute).Format(time.RFC3339),
+		"next_attempt_at":          "", "last_error": "", "last_error_at": "", "unsaved": false,
+	}
+	for k, v := range want {
+		if s[k] != v {
+			t.Errorf("healthy: %s = %v, want %v", k, s[k], v)
+		}
+	}
+
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	e.clock.Add(49 * time.Minute)
+	_ = e.tick()
+	s = e.status()
+	if s["state"] != stateDegraded || s["consecutive_failures"] != 1 || s["token_valid"] != true ||
+		!strings.Contains(s["last_error"].(string), "HTTP 503") || s["last_error_at"] != testStart.Add(49*time.Minute).Format(time.RFC3339) ||
+		s["next_attempt_at"] == "" {
+		t.Fatalf("degraded: %v", s)
+	}
+
+	e.clock.Add(2 * time.Minute)
+	_ = e.tick()
+	s = e.status()
+	if s["state"] != stateHealthy || s["consecutive_failures"] != 0 || s["refresh_count"] != int64(1) || s["next_attempt_at"] != "" {
+		t.Fatalf("recovered: %v", s)
+	}
+	if !strings.Contains(s["last_error"].(string), "HTTP 503") {
+		t.Fatalf("the last error should be kept after recovery: %v", s)
+	}
+}
+
+func TestStatusNeedsNoTeletracker(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	calls := e.fake.Stats().LoginCalls + e.fake.Stats().RefreshCalls
+	e.clock.Add(2 * time.Hour) // long expired: status still only reports
+	for i := 0; i < 10; i++ {
+		if _, err := e.request(logical.ReadOperation, "status", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.fake.Stats().LoginCalls + e.fake.Stats().RefreshCalls; got != calls {
+		t.Fatal("status called Teletracker")
+	}
+}
