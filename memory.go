@@ -12,7 +12,7 @@ import (
 
 // maxIdleHeap is how much reclaimable heap (garbage, and free memory not yet
 // returned to the OS) the process may hold before a tick collects it.
-const maxIdleHeap = 8 << 20
+const maxIdleHeap = 4 << 20
 
 // heapMetrics: the heap in objects (live and garbage not yet collected),
 // the live part as of the last collection, and free memory still held.
