@@ -5,6 +5,7 @@ package teletracker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -213,6 +214,35 @@ Vault's periodic tick, before the token expires, under one lock, so a
 single-use refresh token is never sent twice. "rotate" forces a refresh and
 "status" reports the session's health.
 `
+
+// getEntry decodes the JSON stored at key, or returns nil, nil when there is
+// nothing there.
+func getEntry[T any](ctx context.Context, s logical.Storage, key string) (*T, error) {
+	entry, err := s.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", key, err)
+	}
+	if entry == nil {
+		return nil, nil
+	}
+	v := new(T)
+	if err := entry.DecodeJSON(v); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", key, err)
+	}
+	return v, nil
+}
+
+// putEntry stores v as JSON at key.
+func putEntry(ctx context.Context, s logical.Storage, key string, v any) error {
+	entry, err := logical.StorageEntryJSON(key, v)
+	if err != nil {
+		return fmt.Errorf("encoding %s: %w", key, err)
+	}
+	if err := s.Put(ctx, entry); err != nil {
+		return fmt.Errorf("writing %s: %w", key, err)
+	}
+	return nil
+}
 
 // isExpectedTickError reports whether err from a tick is already handled:
 // nothing to do yet, a rate limit, or a failure that was logged and recorded

@@ -36,27 +36,12 @@ func (c *teletrackerConfig) identity() string {
 
 // getConfig returns the stored config, or nil, nil when there is none.
 func getConfig(ctx context.Context, s logical.Storage) (*teletrackerConfig, error) {
-	entry, err := s.Get(ctx, configKey)
-	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	cfg := new(teletrackerConfig)
-	if err := entry.DecodeJSON(cfg); err != nil {
-		return nil, fmt.Errorf("decoding config: %w", err)
-	}
-	return cfg, nil
+	return getEntry[teletrackerConfig](ctx, s, configKey)
 }
 
 // putConfig stores cfg.
 func putConfig(ctx context.Context, s logical.Storage, cfg *teletrackerConfig) error {
-	entry, err := logical.StorageEntryJSON(configKey, cfg)
-	if err != nil {
-		return fmt.Errorf("encoding config: %w", err)
-	}
-	return s.Put(ctx, entry)
+	return putEntry(ctx, s, configKey, cfg)
 }
 
 func pathConfig(b *backend) *framework.Path {

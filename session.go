@@ -82,30 +82,12 @@ type pendingRefresh struct {
 
 // getSession returns the stored session, or nil, nil when there is none.
 func getSession(ctx context.Context, s logical.Storage) (*session, error) {
-	entry, err := s.Get(ctx, sessionKey)
-	if err != nil {
-		return nil, fmt.Errorf("reading session: %w", err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	sess := new(session)
-	if err := entry.DecodeJSON(sess); err != nil {
-		return nil, fmt.Errorf("decoding session: %w", err)
-	}
-	return sess, nil
+	return getEntry[session](ctx, s, sessionKey)
 }
 
 // putSession stores sess.
 func putSession(ctx context.Context, s logical.Storage, sess *session) error {
-	entry, err := logical.StorageEntryJSON(sessionKey, sess)
-	if err != nil {
-		return fmt.Errorf("encoding session: %w", err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return fmt.Errorf("writing session: %w", err)
-	}
-	return nil
+	return putEntry(ctx, s, sessionKey, sess)
 }
 
 // currentSession is the session to act on: the one held in memory because
