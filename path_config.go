@@ -196,7 +196,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	// A session started under another identity (a write failed half-way)
 	// is no session for this config.
-	w, err := parseConfigWrite(old, d, cur != nil && old != nil && cur.Identity == old.identity())
+	w, err := parseConfigWrite(old, d, cur != nil && old != nil && cur.belongsTo(old))
 	if err != nil {
 		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
 	}
@@ -224,7 +224,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 // restoreSession puts back the session a failed config write replaced, so
 // that config and session still belong together. Should that fail too, the
 // session's identity keeps its refresh token away from the old config's
-// server (see session.foreign).
+// server (see session.under).
 func (b *backend) restoreSession(ctx context.Context, storage logical.Storage, prev *session) {
 	var err error
 	if prev == nil {

@@ -81,9 +81,7 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 		}
 		return &logical.Response{Data: data}, nil
 	}
-	if s.Identity != cfg.identity() {
-		s = s.foreign(cfg)
-	}
+	s = s.under(cfg)
 	data["state"] = s.state()
 	data["token_valid"] = s.Token != "" && b.now().Before(s.expiresAt())
 	data["expires_at"] = timeText(s.expiresAt())

@@ -95,7 +95,7 @@ func (b *backend) peek(ctx context.Context, storage logical.Storage, now time.Ti
 			return nil
 		}
 	}
-	if s.Identity != cfg.identity() || s.Token == "" || !now.Before(s.expiresAt()) {
+	if s = s.under(cfg); s.Token == "" || !now.Before(s.expiresAt()) {
 		return nil
 	}
 	return newServedToken(s, cfg).response(now)

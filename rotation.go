@@ -182,9 +182,7 @@ func (b *backend) ensureLocked(ctx context.Context, storage logical.Storage, t t
 	if s == nil {
 		return nil, errNoSession
 	}
-	if s.Identity != cfg.identity() {
-		s = s.foreign(cfg)
-	}
+	s = s.under(cfg)
 	now := b.now()
 	if s.ReauthRequired {
 		if t == triggerRotate {

@@ -202,10 +202,20 @@ func (s *session) salvage(g *grant, sentAt time.Time) {
 	s.Pending = nil
 }
 
-// foreign is s as seen by a config it does not belong to (a config write
-// failed half-way): its refresh token must never go to cfg's server and its
-// bearer token is not cfg's, so the next attempt logs in.
-func (s *session) foreign(cfg *teletrackerConfig) *session {
+// belongsTo reports whether s was started under cfg's base_url, username
+// and account_id.
+func (s *session) belongsTo(cfg *teletrackerConfig) bool {
+	return s.Identity == cfg.identity()
+}
+
+// under is s as cfg sees it. A session that belongs to another config (a
+// config write failed half-way) has nothing for cfg: its refresh token must
+// never go to cfg's server and its bearer token is not cfg's, so the next
+// attempt logs in, or, without a password, only an operator can help.
+func (s *session) under(cfg *teletrackerConfig) *session {
+	if s.belongsTo(cfg) {
+		return s
+	}
 	next := *s
 	next.Token = ""
 	next.Lifetime = 0
