@@ -234,6 +234,40 @@ func (e *testEnv) stored() *session {
 	return s
 }
 
+// markInterrupted stores the marker a refresh leaves when Vault stops before
+// its result is stored.
+func (e *testEnv) markInterrupted() {
+	e.t.Helper()
+	s := e.stored()
+	s.Pending = &pendingRefresh{Generation: s.Generation, StartedAt: e.clock.Now()}
+	if err := putSession(context.Background(), e.storage, s); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// wantState fails the test unless status reports state with a last_error
+// that contains errText.
+func (e *testEnv) wantState(state, errText string) {
+	e.t.Helper()
+	s := e.status()
+	if s["state"] != state || !strings.Contains(s["last_error"].(string), errText) {
+		e.t.Fatalf("status %v, want state %s and last_error with %q", s, state, errText)
+	}
+}
+
+// waitUntil polls cond on the real clock, for background work, and fails
+// the test if it is not true within 10 s.
+func waitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10 s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // wantNoReuse fails the test if the fake saw a refresh token used twice.
 func (e *testEnv) wantNoReuse() {
 	e.t.Helper()
@@ -360,11 +394,7 @@ func TestInvalidateServesOtherNodesSession(t *testing.T) {
 func TestInitializeResumesInterruptedRefresh(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
-	s := e.stored()
-	s.Pending = &pendingRefresh{Generation: s.Generation, StartedAt: e.clock.Now()}
-	if err := putSession(context.Background(), e.storage, s); err != nil {
-		t.Fatal(err)
-	}
+	e.markInterrupted()
 	e.clock.Add(time.Minute)
 	ctx, cancel := context.WithCancel(context.Background())
 	err := e.b.Initialize(ctx, &logical.InitializationRequest{Storage: e.storage})
@@ -372,14 +402,8 @@ func TestInitializeResumesInterruptedRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Initialize resolves the marker in the background; wait for it, bounded.
-	deadline := time.Now().Add(10 * time.Second)
-	for e.stored().Pending != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the interrupted refresh was not resumed")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// Initialize resolves the marker in the background.
+	waitUntil(t, "the interrupted refresh resumed", func() bool { return e.stored().Pending == nil })
 	if got := e.fake.Stats().Refreshes; got != 1 {
 		t.Fatalf("refreshes %d, want 1", got)
 	}
@@ -391,23 +415,13 @@ func TestInitializeResumesInterruptedRefresh(t *testing.T) {
 func TestCleanWaitsForResume(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
-	s := e.stored()
-	s.Pending = &pendingRefresh{Generation: s.Generation, StartedAt: e.clock.Now()}
-	if err := putSession(context.Background(), e.storage, s); err != nil {
-		t.Fatal(err)
-	}
+	e.markInterrupted()
 	e.clock.Add(time.Minute)
 	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: 500 * time.Millisecond})
 	if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for e.fake.Stats().RefreshCalls == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the resume never called Teletracker")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitUntil(t, "the resume called Teletracker", func() bool { return e.fake.Stats().RefreshCalls > 0 })
 	e.b.Cleanup(context.Background())
 	after := e.stored()
 	time.Sleep(time.Second) // anything still running would write by now

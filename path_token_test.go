@@ -194,13 +194,7 @@ func TestReadersDoNotWaitForRefresh(t *testing.T) {
 	e.clock.Add(55 * time.Minute)
 	done := make(chan *logical.Response)
 	go func() { done <- e.readToken() }()
-	deadline := time.Now().Add(10 * time.Second)
-	for e.fake.Stats().RefreshCalls == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the refresh never started")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitUntil(t, "the refresh started", func() bool { return e.fake.Stats().RefreshCalls > 0 })
 	for i := 0; i < 100; i++ {
 		if got := e.readToken().Data["token"]; got != old {
 			t.Fatalf("read %d during the refresh got %v, want the still-valid token at once", i, got)

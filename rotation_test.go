@@ -172,10 +172,7 @@ func TestRejectedRefreshWithoutPasswordNeedsReauth(t *testing.T) {
 	if err := e.tick(); err != nil {
 		t.Fatal(err)
 	}
-	s := e.status()
-	if s["state"] != stateReauthRequired || !strings.Contains(s["last_error"].(string), "write password or refresh_token") {
-		t.Fatalf("%v", s)
-	}
+	e.wantState(stateReauthRequired, "write password or refresh_token")
 	// The still-valid token is served, with a warning; nothing is retried.
 	resp := e.readToken()
 	if resp.Data["token"] != first || len(resp.Warnings) == 0 || !strings.Contains(resp.Warnings[0], "re-authentication") {
@@ -209,10 +206,7 @@ func TestPasswordAlsoRejectedNeedsReauth(t *testing.T) {
 	e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 401})
 	e.clock.Add(49 * time.Minute)
 	_ = e.tick()
-	s := e.status()
-	if s["state"] != stateReauthRequired || !strings.Contains(s["last_error"].(string), "stored password both rejected") {
-		t.Fatalf("%v", s)
-	}
+	e.wantState(stateReauthRequired, "stored password both rejected")
 }
 
 func TestLoginTransientFailureRetriesLogin(t *testing.T) {
@@ -338,7 +332,6 @@ func TestInterruptedRefresh(t *testing.T) {
 			}
 			e.readToken()
 			e.clock.Add(20 * time.Minute)
-			s := e.stored()
 			if tc.spent {
 				// Vault died after Teletracker answered: spend the token
 				// behind the engine's back.
@@ -349,10 +342,7 @@ func TestInterruptedRefresh(t *testing.T) {
 				e.storage.failPuts.Store(0)
 				e.b = restart(t, e)
 			} else {
-				s.Pending = &pendingRefresh{Generation: s.Generation, StartedAt: e.clock.Now()}
-				if err := putSession(context.Background(), e.storage, s); err != nil {
-					t.Fatal(err)
-				}
+				e.markInterrupted()
 			}
 			if e.stored().Pending == nil {
 				t.Fatal("no marker stored")
@@ -546,10 +536,7 @@ func TestUnknownOutcomeKeepsMarker(t *testing.T) {
 	}
 	e.clock.Add(2 * time.Minute)
 	_ = e.tick()
-	s := e.status()
-	if s["state"] != stateReauthRequired || !strings.Contains(s["last_error"].(string), "was interrupted") {
-		t.Fatalf("%v", s)
-	}
+	e.wantState(stateReauthRequired, "was interrupted")
 }
 
 // TestCallerLeavingDoesNotAbortRefresh: once a refresh is sent, the caller's
