@@ -5,7 +5,7 @@ package teletracker
 import (
 	"context"
 	"errors"
-	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,9 +16,12 @@ import (
 )
 
 const (
-	// configKey and sessionKey are the storage keys, both seal-wrapped.
-	configKey  = "config"
-	sessionKey = "session"
+	// recordKey is the storage key of the mount's one record, seal-wrapped.
+	recordKey = "record"
+	// legacyConfigKey and legacySessionKey are v0.1.0's entries, read once
+	// and moved into the record.
+	legacyConfigKey  = "config"
+	legacySessionKey = "session"
 
 	// operationPrefix names this engine's operations in OpenAPI.
 	operationPrefix = "teletracker"
@@ -30,7 +33,11 @@ const (
 	// maxRequestTimeout keeps a call, and a login after a rejected refresh,
 	// well under Vault's 90 s request limit.
 	maxRequestTimeout = 30 * time.Second
+	// cleanTimeout bounds the last attempt to store a held record when the
+	// mount goes away.
+	cleanTimeout = 5 * time.Second
 
+	// The states status reports.
 	stateUnconfigured   = "unconfigured"
 	stateHealthy        = "healthy"
 	stateDegraded       = "degraded"
@@ -49,32 +56,23 @@ type backend struct {
 
 	// now is Vault's clock; tests replace it.
 	now func() time.Time
+	// storage is the mount's storage, for Clean, which gets none.
+	storage logical.Storage
 
-	// refreshMu is the one refresh lock. It guards every call to Teletracker,
-	// every write of config or session, and the fields below up to stopResume.
+	// refreshMu is the one refresh lock. It guards every call to
+	// Teletracker, every write of the record, and client.
 	refreshMu sync.Mutex
-	// client is the HTTP client for clientKey's config.
+	// client is the HTTP client for the config it was built from.
 	client *client
-	// clientKey is the config the client was built from.
+	// clientKey is that config's base_url, request_timeout and ca_cert.
 	clientKey string
-	// lastRefresh is when this process last sent /auth/refresh (monotonic).
-	lastRefresh time.Time
-	// lastFailure is when this process last sent a call that failed.
-	lastFailure time.Time
-	// retryAfterUntil is the end of a Retry-After a config write's call got
-	// (other calls' are stored in the session).
-	retryAfterUntil time.Time
 
-	// stopResume cancels the background resolution of an interrupted
-	// refresh that initialize starts; nil when none was started.
-	stopResume context.CancelFunc
-
-	// unsaved holds a session whose storage write failed, until it is stored.
-	// Written under refreshMu; read without it by status and token reads.
-	unsaved atomic.Pointer[session]
-	// served is what token reads answer from; nil until loaded, and after
-	// Invalidate.
-	served atomic.Pointer[servedToken]
+	// held is a record storage refused, until it is stored; nil when none.
+	// Written under refreshMu; read without it.
+	held atomic.Pointer[record]
+	// snap is what token reads, status and metrics are answered from; nil
+	// until loaded, and after Invalidate.
+	snap atomic.Pointer[snapshot]
 	// epoch counts invalidations, so a copy loaded before one is never
 	// published after it.
 	epoch atomic.Uint64
@@ -83,6 +81,7 @@ type backend struct {
 // Factory returns a configured backend for one mount.
 func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
 	b := newBackend()
+	b.storage = conf.StorageView
 	if err := b.Setup(ctx, conf); err != nil {
 		return nil, err
 	}
@@ -95,7 +94,7 @@ func newBackend() *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			SealWrapStorage: []string{configKey, sessionKey},
+			SealWrapStorage: []string{recordKey, legacyConfigKey, legacySessionKey},
 		},
 		Paths: []*framework.Path{
 			pathConfig(b),
@@ -124,62 +123,66 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 	return b.Backend.HandleRequest(ctx, req)
 }
 
-// initialize looks for a refresh that Vault stopped in the middle of and,
-// on a node that may write, resolves it in the background so that unseal is
-// not held up by Teletracker.
+// initialize loads the record on a node that may write, moving it from the
+// v0.1.0 layout if need be, and publishes it. It calls no one, so unseal is
+// never held up by Teletracker: a refresh left in flight by a node that
+// stopped is resolved by the next tick, once its call has surely ended.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	s, err := getSession(ctx, req.Storage)
-	if err != nil || s == nil || s.Pending == nil {
-		return err
+	r, err := b.apply(ctx, req.Storage, trigger{kind: triggerTune}, nil)
+	if r.configured() && r.State == stateInFlight {
+		b.Logger().Warn("found a refresh whose result was never stored; it is resolved once its call has surely ended",
+			"sent_at", r.InFlightAt.UTC().Format(time.RFC3339), "generation", r.Generation)
 	}
-	b.Logger().Warn("found a refresh whose result was never stored; trying its refresh token now",
-		"started_at", s.Pending.StartedAt.Format(time.RFC3339), "generation", s.Pending.Generation)
-	// It outlives this call, whose context Vault cancels when it returns.
-	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
-	b.stopResume = cancel
-	go func() {
-		defer cancel()
-		b.resumeInterrupted(bg, req.Storage)
-	}()
-	return nil
-}
-
-// periodicFunc runs on Vault's tick and refreshes ahead of need. It does
-// nothing where storage is not writable (standbys, performance secondaries).
-func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error {
-	if !b.WriteSafeReplicationState() {
-		return nil
-	}
-	defer releaseIdleMemory()
-	_, err := b.ensure(ctx, req.Storage, triggerTick)
-	if err == nil || isExpectedTickError(err) {
+	if errors.Is(err, errNotConfigured) {
 		return nil
 	}
 	return err
 }
 
-// invalidate drops the in-memory copy when config or session change in
-// storage under this node (replication, or another node's write).
+// periodicFunc runs on Vault's tick and refreshes ahead of need. It does
+// nothing where storage is not writable (standbys, performance secondaries).
+// What a tick could not do is logged where it failed and shown by status;
+// only a storage failure is returned, for Vault to log.
+func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error {
+	if !b.WriteSafeReplicationState() {
+		return nil
+	}
+	defer releaseIdleMemory()
+	_, err := b.apply(ctx, req.Storage, trigger{kind: triggerTick}, nil)
+	if err == nil || succeeded(err) || statusCode(triggerTick, err) != http.StatusInternalServerError {
+		return nil
+	}
+	return err
+}
+
+// invalidate drops the snapshot when the record changes in storage under
+// this node (replication, or another node's write).
 func (b *backend) invalidate(_ context.Context, key string) {
 	switch key {
-	case configKey, sessionKey:
+	case recordKey, legacyConfigKey, legacySessionKey:
 		b.epoch.Add(1)
-		b.served.Store(nil)
+		b.snap.Store(nil)
 	}
 }
 
-// clean releases the HTTP client when the mount goes away. A start-up
-// resume that has not begun is cancelled; one under way holds refreshMu, so
-// clean waits for it to store its result.
-func (b *backend) clean(context.Context) {
-	if b.stopResume != nil {
-		b.stopResume()
-	}
+// clean runs when the mount goes away (unmount, plugin reload, step-down,
+// shutdown). It waits for a call under way to store its result, makes a
+// last attempt to store a held record, and releases the HTTP client.
+func (b *backend) clean(ctx context.Context) {
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
+	if h := b.held.Load(); h != nil && b.storage != nil && b.WriteSafeReplicationState() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanTimeout)
+		defer cancel()
+		if err := putRecord(ctx, b.storage, h); err != nil {
+			b.Logger().Error("a held record was lost with the mount: it could not be stored", "error", err, "generation", h.Generation)
+		} else {
+			b.held.Store(nil)
+		}
+	}
 	if b.client != nil {
 		b.client.close()
 		b.client = nil
@@ -188,7 +191,7 @@ func (b *backend) clean(context.Context) {
 
 // clientFor returns the HTTP client for cfg, building a new one when the
 // parts of the config it depends on changed. The caller holds refreshMu.
-func (b *backend) clientFor(cfg *teletrackerConfig) (*client, error) {
+func (b *backend) clientFor(cfg *config) (*client, error) {
 	key := cfg.BaseURL + "\x00" + cfg.RequestTimeout.String() + "\x00" + cfg.CACert
 	if b.client != nil && b.clientKey == key {
 		return b.client, nil
@@ -214,42 +217,3 @@ Vault's periodic tick, before the token expires, under one lock, so a
 single-use refresh token is never sent twice. "rotate" forces a refresh and
 "status" reports the session's health.
 `
-
-// getEntry decodes the JSON stored at key, or returns nil, nil when there is
-// nothing there.
-func getEntry[T any](ctx context.Context, s logical.Storage, key string) (*T, error) {
-	entry, err := s.Get(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", key, err)
-	}
-	if entry == nil {
-		return nil, nil
-	}
-	v := new(T)
-	if err := entry.DecodeJSON(v); err != nil {
-		return nil, fmt.Errorf("decoding %s: %w", key, err)
-	}
-	return v, nil
-}
-
-// putEntry stores v as JSON at key.
-func putEntry(ctx context.Context, s logical.Storage, key string, v any) error {
-	entry, err := logical.StorageEntryJSON(key, v)
-	if err != nil {
-		return fmt.Errorf("encoding %s: %w", key, err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return fmt.Errorf("writing %s: %w", key, err)
-	}
-	return nil
-}
-
-// isExpectedTickError reports whether err from a tick is already handled:
-// nothing to do yet, a rate limit, or a failure that was logged and recorded
-// where status shows it.
-func isExpectedTickError(err error) bool {
-	var rl *rateLimitedError
-	var ue *upstreamError
-	return errors.Is(err, errNotConfigured) || errors.Is(err, errNoSession) || errors.Is(err, errHeld) ||
-		errors.Is(err, errNotStored) || errors.As(err, &rl) || errors.As(err, &ue)
-}

@@ -3,7 +3,9 @@ package teletracker
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"reflect"
 	"strings"
@@ -51,6 +53,8 @@ type faultyStorage struct {
 	skipPuts atomic.Int64
 	// failPuts is the number of Puts still to fail; negative fails them all.
 	failPuts atomic.Int64
+	// failGets and failDeletes fail every Get, every Delete, while set.
+	failGets, failDeletes atomic.Bool
 	// puts and gets count calls.
 	puts, gets atomic.Int64
 }
@@ -62,7 +66,20 @@ func (s *faultyStorage) Get(ctx context.Context, key string) (*logical.StorageEn
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if s.failGets.Load() {
+		return nil, errStorageDown
+	}
 	return s.Storage.Get(ctx, key)
+}
+
+func (s *faultyStorage) Delete(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.failDeletes.Load() {
+		return errStorageDown
+	}
+	return s.Storage.Delete(ctx, key)
 }
 
 func (s *faultyStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
@@ -147,6 +164,7 @@ func newTestEnv(t testing.TB, opts ...envOption) *testEnv {
 
 	b := newBackend()
 	b.now = clock.Now
+	b.storage = storage
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
 	}
@@ -224,25 +242,29 @@ func (e *testEnv) status() map[string]interface{} {
 	return e.mustRequest(logical.ReadOperation, "status", nil).Data
 }
 
-// stored is the session as stored.
-func (e *testEnv) stored() *session {
+// stored is the record as stored.
+func (e *testEnv) stored() *record {
 	e.t.Helper()
-	s, err := getSession(context.Background(), e.storage.Storage)
+	r, err := getEntry[record](context.Background(), e.storage.Storage, recordKey)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return s
+	return r
+}
+
+// store replaces the stored record with r.
+func (e *testEnv) store(r *record) {
+	e.t.Helper()
+	if err := putRecord(context.Background(), e.storage.Storage, r); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // markInterrupted stores the marker a refresh leaves when Vault stops before
 // its result is stored.
 func (e *testEnv) markInterrupted() {
 	e.t.Helper()
-	s := e.stored()
-	s.Pending = &pendingRefresh{Generation: s.Generation, StartedAt: e.clock.Now()}
-	if err := putSession(context.Background(), e.storage, s); err != nil {
-		e.t.Fatal(err)
-	}
+	e.store(e.stored().marked(e.clock.Now()))
 }
 
 // wantState fails the test unless status reports state with a last_error
@@ -297,9 +319,9 @@ func TestFactory(t *testing.T) {
 	if b.Type() != logical.TypeLogical {
 		t.Fatalf("type %v", b.Type())
 	}
-	paths := b.SpecialPaths().SealWrapStorage
-	if len(paths) != 2 || paths[0] != configKey || paths[1] != sessionKey {
-		t.Fatalf("seal-wrapped storage %v, want exact keys config and session", paths)
+	want := []string{recordKey, legacyConfigKey, legacySessionKey}
+	if got := b.SpecialPaths().SealWrapStorage; !reflect.DeepEqual(got, want) {
+		t.Fatalf("seal-wrapped storage %v, want %v", got, want)
 	}
 	if got := b.(*backend).RunningVersion; got != Version {
 		t.Fatalf("RunningVersion %q, want %q", got, Version)
@@ -331,16 +353,15 @@ func TestHelpOnEveryPath(t *testing.T) {
 func TestPublishAfterInvalidateDropsCopy(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
-	cfg, _ := getConfig(context.Background(), e.storage)
-	s := e.stored()
+	r := e.stored()
 	epoch := e.b.epoch.Load()
-	e.b.invalidate(context.Background(), sessionKey)
-	e.b.publish(epoch, s, cfg)
-	if e.b.served.Load() != nil {
+	e.b.invalidate(context.Background(), recordKey)
+	e.b.publish(epoch, r)
+	if e.b.snap.Load() != nil {
 		t.Fatal("a copy loaded before Invalidate was published after it")
 	}
-	e.b.publish(e.b.epoch.Load(), s, cfg)
-	if e.b.served.Load() == nil {
+	e.b.publish(e.b.epoch.Load(), r)
+	if e.b.snap.Load() == nil {
 		t.Fatal("a current copy was dropped")
 	}
 }
@@ -349,18 +370,18 @@ func TestInvalidateDropsServedCopy(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	e.readToken()
-	if e.b.served.Load() == nil {
-		t.Fatal("a read should leave a served copy")
+	if e.b.snap.Load() == nil {
+		t.Fatal("a read should leave a snapshot")
 	}
 	e.b.invalidate(context.Background(), "unrelated")
-	if e.b.served.Load() == nil {
-		t.Fatal("an unrelated key dropped the served copy")
+	if e.b.snap.Load() == nil {
+		t.Fatal("an unrelated key dropped the snapshot")
 	}
-	for _, key := range []string{configKey, sessionKey} {
+	for _, key := range []string{recordKey, legacyConfigKey, legacySessionKey} {
 		e.readToken()
 		e.b.invalidate(context.Background(), key)
-		if e.b.served.Load() != nil {
-			t.Fatalf("invalidating %s kept the served copy", key)
+		if e.b.snap.Load() != nil {
+			t.Fatalf("invalidating %s kept the snapshot", key)
 		}
 	}
 }
@@ -373,59 +394,171 @@ func TestInvalidateServesOtherNodesSession(t *testing.T) {
 	e.configure(nil)
 	first := e.readToken().Data["token"]
 
-	s := e.stored()
-	s.Token = "token-from-another-node"
-	s.Generation++
-	if err := putSession(context.Background(), e.storage, s); err != nil {
-		t.Fatal(err)
-	}
+	r := e.stored()
+	r.Token = "token-from-another-node"
+	r.Generation++
+	e.store(r)
 	if got := e.readToken().Data["token"]; got != first {
-		t.Fatalf("without Invalidate the cached token should still be served, got %v", got)
+		t.Fatalf("without Invalidate the snapshot should still be served, got %v", got)
 	}
-	e.b.invalidate(context.Background(), sessionKey)
+	e.b.invalidate(context.Background(), recordKey)
 	if got := e.readToken().Data["token"]; got != "token-from-another-node" {
 		t.Fatalf("after Invalidate read %v, want the stored token", got)
 	}
 }
 
-// TestInitializeResumesInterruptedRefresh: a marker found at start-up is
-// resolved in the background, even though Vault cancels Initialize's context
-// as soon as it returns.
-func TestInitializeResumesInterruptedRefresh(t *testing.T) {
+// TestInitializeCallsNoOne: a marker found at start-up is not resolved by
+// Initialize (unseal must not wait on Teletracker) but by the next tick,
+// and only once the call it marks has surely ended; with a password the
+// engine logs in rather than present the refresh token again.
+func TestInitializeCallsNoOne(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	e.markInterrupted()
-	e.clock.Add(time.Minute)
+	e.b = restart(t, e)
 	ctx, cancel := context.WithCancel(context.Background())
 	err := e.b.Initialize(ctx, &logical.InitializationRequest{Storage: e.storage})
 	cancel()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Initialize resolves the marker in the background.
-	waitUntil(t, "the interrupted refresh resumed", func() bool { return e.stored().Pending == nil })
-	if got := e.fake.Stats().Refreshes; got != 1 {
-		t.Fatalf("refreshes %d, want 1", got)
+	if st := e.fake.Stats(); st.RefreshCalls+st.LoginCalls != 1 || !strings.Contains(e.logs.String(), "found a refresh whose result was never stored") {
+		t.Fatalf("Initialize called Teletracker or did not log the marker: %+v", st)
+	}
+	e.clock.Add(time.Minute)
+	if err := e.tick(); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.fake.Stats(); st.RefreshCalls != 0 || st.LoginCalls != 2 || e.stored().State != stateReady {
+		t.Fatalf("the marker was not resolved by a login: %+v, %+v", st, e.stored())
+	}
+	e.readLive()
+}
+
+// TestMarkerOfAnotherNodeWaitsForItsCall: a newly active node finds the
+// marker of a refresh the old active node sent; its call may run for
+// request_timeout, so the refresh token is not sent again before that (and
+// the floor) has passed.
+func TestMarkerOfAnotherNodeWaitsForItsCall(t *testing.T) {
+	e := newTestEnv(t)
+	seed, _ := e.fake.NewSession("demo")
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed, "request_timeout": "30s"})
+	e.clock.Add(time.Minute)
+	e.markInterrupted() // sent just now, by the node that stopped
+	e.b = restart(t, e)
+	e.clock.Add(35 * time.Second)
+	_ = e.tick()
+	if got := e.fake.Stats().RefreshCalls; got != 1 {
+		t.Fatalf("the marker was resolved %d calls in, before its call could have ended", got-1)
+	}
+	if s := e.status(); s["next_attempt_at"] != testStart.Add(time.Minute+40*time.Second).Format(time.RFC3339) {
+		t.Fatalf("status %v, want the next attempt at the marker's start + request_timeout + 10 s", s)
+	}
+	e.clock.Add(6 * time.Second)
+	_ = e.tick()
+	if st := e.fake.Stats(); st.RefreshCalls != 2 || st.Refreshes != 2 || e.stored().State != stateReady {
+		t.Fatalf("the marker was not resolved once its call had ended: %+v", st)
 	}
 	e.wantNoReuse()
 }
 
-// TestCleanWaitsForResume: unmounting stops the start-up resume and waits
-// for it, so it never writes to a mount that is gone.
-func TestCleanWaitsForResume(t *testing.T) {
+// TestCleanWaitsForCallUnderWay: a mount going away (unmount, reload,
+// step-down) waits for a call under way and stores its result.
+func TestCleanWaitsForCallUnderWay(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
-	e.markInterrupted()
+	gen := e.stored().Generation
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: 300 * time.Millisecond})
 	e.clock.Add(time.Minute)
-	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: 500 * time.Millisecond})
-	if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the resume called Teletracker", func() bool { return e.fake.Stats().RefreshCalls > 0 })
+	done := make(chan struct{})
+	go func() { defer close(done); _, _ = e.request(logical.UpdateOperation, "rotate", nil) }()
+	waitUntil(t, "the rotate called Teletracker", func() bool { return e.fake.Stats().RefreshCalls > 0 })
 	e.b.Cleanup(context.Background())
-	after := e.stored()
-	time.Sleep(time.Second) // anything still running would write by now
-	if got := e.stored(); !reflect.DeepEqual(got, after) || got.Pending != nil {
-		t.Fatalf("the session changed after Clean returned, or the refresh result was lost: %+v", got)
+	if r := e.stored(); r.State != stateReady || r.Generation != gen+1 {
+		t.Fatalf("Clean returned before the call's result was stored: %+v", r)
+	}
+	<-done
+}
+
+// TestCleanStoresHeldRecord: a record held in memory because storage
+// refused it gets a last attempt to be stored when the mount goes away;
+// without it the next start would find the marker and send a spent token.
+func TestCleanStoresHeldRecord(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(49 * time.Minute)
+	e.storage.skipPuts.Store(1) // the marker is stored, the result is not
+	e.storage.failPuts.Store(-1)
+	_ = e.tick()
+	held := e.b.held.Load()
+	if held == nil || e.stored().State != stateInFlight {
+		t.Fatal("setup: no record held over a stored marker")
+	}
+	e.storage.failPuts.Store(0)
+	e.b.Cleanup(context.Background())
+	if r := e.stored(); r.State != stateReady || r.RefreshToken != held.RefreshToken {
+		t.Fatalf("Clean dropped the held record: stored %+v", r)
+	}
+	e.b = restart(t, e)
+	e.clock.Add(2 * time.Minute)
+	_ = e.tick()
+	e.readLive()
+	e.wantNoReuse()
+}
+
+// TestMigrationFromV010: a mount written by v0.1.0 (config and session
+// apart) is read once, stored as one record, and served without a call.
+func TestMigrationFromV010(t *testing.T) {
+	cases := []struct {
+		name    string
+		session string // the v0.1.0 session entry, %q the identity
+		state   string
+		token   bool
+	}{
+		{"healthy", `{"identity":%q,"token":"tok","refresh_token":"rt","lifetime":3600000000000,"obtained_at":"2026-03-01T11:50:00Z","generation":3,"refresh_count":2}`, stateReady, true},
+		{"interrupted", `{"identity":%q,"token":"tok","refresh_token":"rt","lifetime":3600000000000,"obtained_at":"2026-03-01T11:50:00Z","pending":{"generation":1,"started_at":"2026-03-01T11:59:00Z"}}`, stateInFlight, true},
+		{"rejected", `{"identity":%q,"token":"tok","lifetime":3600000000000,"obtained_at":"2026-03-01T11:50:00Z","refresh_rejected":true}`, stateNeedLogin, true},
+		{"reauth", `{"identity":%q,"reauth_required":true,"refresh_rejected":true}`, stateNeedReauth, false},
+		{"foreign", `{"identity":"https://elsewhere \"demo\" 0","token":"tok"}`, stateNeedLogin, false},
+		{"no session", ``, stateNeedLogin, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			cfg := config{BaseURL: e.url, Username: "demo", Password: "demo-password", RefreshMargin: defaultRefreshMargin, RequestTimeout: defaultRequestTimeout}
+			put := func(key, value string) {
+				if err := e.storage.Put(context.Background(), &logical.StorageEntry{Key: key, Value: []byte(value)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfgJSON, _ := json.Marshal(cfg)
+			put(legacyConfigKey, string(cfgJSON))
+			if tc.session != "" {
+				if strings.Contains(tc.session, "%q") {
+					tc.session = fmt.Sprintf(tc.session, cfg.identity())
+				}
+				put(legacySessionKey, tc.session)
+			}
+			if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+				t.Fatal(err)
+			}
+			r := e.stored()
+			if r == nil || r.State != tc.state || (r.Token == "tok") != tc.token || r.Config != cfg {
+				t.Fatalf("migrated record %+v, want state %s", r, tc.state)
+			}
+			for _, key := range []string{legacyConfigKey, legacySessionKey} {
+				if entry, _ := e.storage.Get(context.Background(), key); entry != nil {
+					t.Fatalf("%s left behind", key)
+				}
+			}
+			if tc.token {
+				if got := e.readToken().Data["token"]; got != "tok" {
+					t.Fatalf("read %v after the migration", got)
+				}
+			}
+			if got := e.fake.Stats().RefreshCalls + e.fake.Stats().LoginCalls; got != 0 {
+				t.Fatalf("the migration called Teletracker %d times", got)
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +20,7 @@ import (
 )
 
 // client.go holds the Teletracker HTTP client: one login or refresh call at a
-// time, its response parsed and every failure sorted into a class the
+// time, its response parsed and every failure sorted into a kind the
 // rotation logic can act on. It never retries: a refresh token is single-use,
 // so whether to send it again is rotation.go's decision, not a transport's.
 
@@ -30,36 +31,41 @@ const (
 	maxErrorText     = 200            // characters of an upstream message kept in an error
 )
 
-// failureClass says what an upstream failure means for the session.
-type failureClass int
+// failureKind says what a failed call means for the credential sent.
+type failureKind int
 
 const (
-	// failTransient: Teletracker could not answer properly (5xx, 429, timeout,
-	// connection error, unreadable body). The credential may still be good.
-	failTransient failureClass = iota
+	// failTransient: Teletracker did not process the call (5xx, 429,
+	// success false, no connection). The credential is as it was.
+	failTransient failureKind = iota
 	// failRejected: Teletracker refused the credential (400, 401, 403). A
 	// refresh token so refused is spent or revoked; a password is wrong.
 	failRejected
+	// failSpent: Teletracker accepted the call (2xx) but gave no usable
+	// successor refresh token: the one sent is gone.
+	failSpent
+	// failUnknown: the call may have been processed, but no answer could be
+	// read (timeout, broken connection, unreadable 2xx body): a refresh
+	// token sent may be spent.
+	failUnknown
+)
+
+// The API's paths.
+const (
+	loginPath   = "/auth/login"
+	refreshPath = "/auth/refresh"
 )
 
 // upstreamError is a failed login or refresh. Its text never holds a secret:
 // anything Teletracker says is redacted and cut short before it gets here.
 type upstreamError struct {
-	class failureClass
+	kind failureKind
 	// op is the endpoint called, such as "/auth/refresh".
 	op string
 	// status is the HTTP status, 0 when no answer was read.
 	status int
 	// retryAfter is the wait Teletracker asked for with 429, 0 if none.
 	retryAfter time.Duration
-	// unknownOutcome is set when the call may have been processed although
-	// no usable answer arrived: a refresh token sent this way may be spent.
-	unknownOutcome bool
-	// spent is set when Teletracker accepted the call (2xx) but gave no
-	// usable successor refresh token: the one sent is spent, for certain
-	// (success without a refreshToken) or presumably (the body could not be
-	// read; then unknownOutcome is set too).
-	spent bool
 	// detail is a short, secret-free description.
 	detail string
 }
@@ -118,13 +124,10 @@ type client struct {
 
 // newClient builds a client for cfg. Redirects are not followed, so a
 // credential is never sent anywhere but base_url.
-func newClient(cfg *teletrackerConfig, now func() time.Time) (*client, error) {
-	pool, err := x509.SystemCertPool()
+func newClient(cfg *config, now func() time.Time) (*client, error) {
+	pool, err := certPool(cfg.CACert)
 	if err != nil {
-		pool = x509.NewCertPool()
-	}
-	if cfg.CACert != "" && !pool.AppendCertsFromPEM([]byte(cfg.CACert)) {
-		return nil, errors.New("ca_cert holds no PEM certificate")
+		return nil, err
 	}
 	transport := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
@@ -149,6 +152,45 @@ func newClient(cfg *teletrackerConfig, now func() time.Time) (*client, error) {
 	}, nil
 }
 
+// certPool is the system roots plus the certificates in caPEM (nil when it
+// is empty: the TLS client then uses the system roots). caPEM must hold one
+// or more certificates and nothing else: a block that would be skipped (another
+// type, or headers) or does not parse is refused, so that ca_cert is checked
+// at write time exactly as the client uses it.
+func certPool(caPEM string) (*x509.CertPool, error) {
+	if caPEM == "" {
+		return nil, nil // the system roots, without a copy per mount
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	rest := []byte(caPEM)
+	n := 0
+	for {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		switch {
+		case block.Type != "CERTIFICATE":
+			return nil, fmt.Errorf("ca_cert holds a %q PEM block; only CERTIFICATE blocks are accepted", block.Type)
+		case len(block.Headers) != 0:
+			return nil, errors.New("ca_cert holds a CERTIFICATE block with headers, which TLS clients ignore; remove the headers")
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("ca_cert holds a certificate that does not parse: %v", err)
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 || strings.TrimSpace(string(rest)) != "" {
+		return nil, errors.New("ca_cert must be one or more PEM-encoded certificates")
+	}
+	return pool, nil
+}
+
 // close releases the client's idle connections.
 func (c *client) close() {
 	c.http.CloseIdleConnections()
@@ -160,14 +202,14 @@ func (c *client) login(ctx context.Context, username, password string, accountID
 	if accountID != 0 {
 		form.Set("account_id", strconv.FormatInt(accountID, 10))
 	}
-	return c.call(ctx, "/auth/login", form, password)
+	return c.call(ctx, loginPath, form, password)
 }
 
 // refresh spends refreshToken for a new bearer token and refresh token.
 // When it returns an error with a grant, the call failed but Teletracker did
 // issue a new refresh token, which the caller must keep: the old one is spent.
 func (c *client) refresh(ctx context.Context, refreshToken string) (*grant, error) {
-	return c.call(ctx, "/auth/refresh", url.Values{"refresh_token": {refreshToken}}, refreshToken)
+	return c.call(ctx, refreshPath, url.Values{"refresh_token": {refreshToken}}, refreshToken)
 }
 
 // call posts form to op and parses the answer. secret is redacted from any
@@ -175,7 +217,7 @@ func (c *client) refresh(ctx context.Context, refreshToken string) (*grant, erro
 func (c *client) call(ctx context.Context, op string, form url.Values, secret string) (*grant, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+op, strings.NewReader(form.Encode()))
 	if err != nil {
-		return nil, &upstreamError{class: failTransient, op: op, detail: "cannot build request"}
+		return nil, &upstreamError{kind: failTransient, op: op, detail: "cannot build request"}
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
@@ -187,12 +229,11 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
 	if err != nil {
-		return nil, &upstreamError{class: failTransient, op: op, status: resp.StatusCode, unknownOutcome: true,
-			spent: accepted(resp.StatusCode), detail: "reading the response failed: " + safeText(err.Error(), secret)}
+		return nil, &upstreamError{kind: failUnknown, op: op, status: resp.StatusCode,
+			detail: "reading the response failed: " + safeText(err.Error(), secret)}
 	}
 	if len(body) > maxResponseBytes {
-		return nil, &upstreamError{class: failTransient, op: op, status: resp.StatusCode, unknownOutcome: true,
-			spent: accepted(resp.StatusCode), detail: "response body over 1 MiB refused"}
+		return nil, &upstreamError{kind: failUnknown, op: op, status: resp.StatusCode, detail: "response body over 1 MiB refused"}
 	}
 	g, err := parseResponse(resp.StatusCode, resp.Header.Get("Retry-After"), body, c.now(), secret)
 	var ue *upstreamError
@@ -205,17 +246,17 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 // transportError classifies an error from the HTTP round trip. Only a
 // failure to connect proves the request was never sent.
 func transportError(op string, err error) *upstreamError {
-	ue := &upstreamError{class: failTransient, op: op, unknownOutcome: true}
+	ue := &upstreamError{kind: failUnknown, op: op}
 	var opErr *net.OpError
 	var netErr net.Error
 	var certErr *tls.CertificateVerificationError
 	var recordErr tls.RecordHeaderError
 	switch {
 	case errors.As(err, &opErr) && opErr.Op == "dial":
-		ue.unknownOutcome = false
+		ue.kind = failTransient
 		ue.detail = "cannot connect: " + safeText(opErr.Err.Error(), "")
 	case errors.As(err, &certErr) || errors.As(err, &recordErr):
-		ue.unknownOutcome = false
+		ue.kind = failTransient
 		ue.detail = "TLS handshake failed: " + safeText(err.Error(), "")
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
 		ue.detail = "request timed out; the outcome is unknown"
@@ -247,10 +288,10 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 	}
 
 	if !accepted(status) {
-		ue := &upstreamError{class: failTransient, status: status}
+		ue := &upstreamError{kind: failTransient, status: status}
 		switch {
 		case status == http.StatusBadRequest || status == http.StatusUnauthorized || status == http.StatusForbidden:
-			ue.class = failRejected
+			ue.kind = failRejected
 		case status == http.StatusTooManyRequests:
 			ue.retryAfter = parseRetryAfter(retryAfter, now)
 		case status >= 300 && status < 400:
@@ -263,14 +304,14 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 	}
 
 	if decodeErr != nil {
-		return nil, &upstreamError{class: failTransient, status: status, unknownOutcome: true, spent: true, detail: "malformed JSON body"}
+		return nil, &upstreamError{kind: failUnknown, status: status, detail: "malformed JSON body"}
 	}
 	if sb.Success == nil || !*sb.Success {
 		detail := upstreamMessage(&sb, secret)
 		if detail == "" {
 			detail = "success is not true"
 		}
-		return nil, &upstreamError{class: failTransient, status: status, detail: "call failed: " + detail}
+		return nil, &upstreamError{kind: failTransient, status: status, detail: "call failed: " + detail}
 	}
 
 	g := &grant{token: sb.Token, refreshToken: sb.RefreshToken}
@@ -295,9 +336,9 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 	// Without a usable lifetime this errs short by it: safe.
 	g.refreshLifetime = refreshLifetime(sb.TokenExpiration, sb.RefreshTokenExpiration, g.lifetime)
 	if len(problems) > 0 {
-		ue := &upstreamError{class: failTransient, status: status, detail: "incomplete session: " + strings.Join(problems, ", ")}
+		ue := &upstreamError{kind: failTransient, status: status, detail: "incomplete session: " + strings.Join(problems, ", ")}
 		if g.refreshToken == "" {
-			ue.spent = true
+			ue.kind = failSpent
 			return nil, ue
 		}
 		return g, ue

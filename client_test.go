@@ -37,37 +37,35 @@ func TestParseResponseClasses(t *testing.T) {
 		status      int
 		retryAfter  string
 		body        string
-		class       failureClass
+		kind        failureKind
 		retry       time.Duration
-		unknown     bool
-		spent       bool
 		salvage     bool
 		errContains string
 	}{
-		{name: "400 names the problem", status: 400, body: `{"success":false,"error":"missing parameter: refresh_token"}`, class: failRejected, errContains: "HTTP 400: missing parameter: refresh_token"},
-		{name: "401", status: 401, body: `{"success":false,"message":"token already used"}`, class: failRejected, errContains: "token already used"},
-		{name: "403 no body", status: 403, class: failRejected, errContains: "HTTP 403"},
-		{name: "404", status: 404, body: "<html>", class: failTransient},
-		{name: "302", status: 302, class: failTransient, errContains: "unexpected redirect"},
-		{name: "429 seconds", status: 429, retryAfter: "120", class: failTransient, retry: 2 * time.Minute},
-		{name: "429 date", status: 429, retryAfter: testStart.Add(90 * time.Second).Format(http.TimeFormat), class: failTransient, retry: 90 * time.Second},
-		{name: "429 huge", status: 429, retryAfter: "999999999999", class: failTransient, retry: maxRetryAfter},
-		{name: "429 garbage", status: 429, retryAfter: "soon", class: failTransient},
-		{name: "500", status: 500, class: failTransient},
-		{name: "503", status: 503, body: `{"success":false,"error":"maintenance"}`, class: failTransient, errContains: "maintenance"},
-		{name: "malformed", status: 200, body: `{"success":tru`, class: failTransient, unknown: true, spent: true, errContains: "malformed JSON"},
-		{name: "not json", status: 200, body: `<html>hello</html>`, class: failTransient, unknown: true, spent: true},
-		{name: "huge lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":1e30}`, class: failTransient, salvage: true, errContains: "implausibly long"},
-		{name: "success false", status: 200, body: `{"success":false,"error":"nope"}`, class: failTransient, errContains: "call failed: nope"},
-		{name: "success missing", status: 200, body: `{"token":"a","refreshToken":"b","tokenLifetime":5}`, class: failTransient, errContains: "success is not true"},
-		{name: "success as string", status: 200, body: `{"success":"true","token":"a"}`, class: failTransient, errContains: "success is not true"},
-		{name: "no token", status: 200, body: `{"success":true,"refreshToken":"b","tokenLifetime":60}`, class: failTransient, salvage: true, errContains: "no token"},
-		{name: "no refresh token", status: 200, body: `{"success":true,"token":"a","tokenLifetime":60}`, class: failTransient, spent: true, errContains: "no refreshToken"},
-		{name: "zero lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":0}`, class: failTransient, salvage: true, errContains: "not positive"},
-		{name: "negative lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":-5}`, class: failTransient, salvage: true},
-		{name: "lifetime not a number", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":"x"}`, class: failTransient, salvage: true, errContains: "no numeric tokenLifetime"},
-		{name: "token of wrong type", status: 200, body: `{"success":true,"token":5,"refreshToken":"b","tokenLifetime":60}`, class: failTransient, salvage: true, errContains: "no token"},
-		{name: "lifetime missing", status: 200, body: `{"success":true,"token":"a","refreshToken":"b"}`, class: failTransient, salvage: true, errContains: "no numeric tokenLifetime"},
+		{name: "400 names the problem", status: 400, body: `{"success":false,"error":"missing parameter: refresh_token"}`, kind: failRejected, errContains: "HTTP 400: missing parameter: refresh_token"},
+		{name: "401", status: 401, body: `{"success":false,"message":"token already used"}`, kind: failRejected, errContains: "token already used"},
+		{name: "403 no body", status: 403, kind: failRejected, errContains: "HTTP 403"},
+		{name: "404", status: 404, body: "<html>", kind: failTransient},
+		{name: "302", status: 302, kind: failTransient, errContains: "unexpected redirect"},
+		{name: "429 seconds", status: 429, retryAfter: "120", kind: failTransient, retry: 2 * time.Minute},
+		{name: "429 date", status: 429, retryAfter: testStart.Add(90 * time.Second).Format(http.TimeFormat), kind: failTransient, retry: 90 * time.Second},
+		{name: "429 huge", status: 429, retryAfter: "999999999999", kind: failTransient, retry: maxRetryAfter},
+		{name: "429 garbage", status: 429, retryAfter: "soon", kind: failTransient},
+		{name: "500", status: 500, kind: failTransient},
+		{name: "503", status: 503, body: `{"success":false,"error":"maintenance"}`, kind: failTransient, errContains: "maintenance"},
+		{name: "malformed", status: 200, body: `{"success":tru`, kind: failUnknown, errContains: "malformed JSON"},
+		{name: "not json", status: 200, body: `<html>hello</html>`, kind: failUnknown},
+		{name: "huge lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":1e30}`, kind: failTransient, salvage: true, errContains: "implausibly long"},
+		{name: "success false", status: 200, body: `{"success":false,"error":"nope"}`, kind: failTransient, errContains: "call failed: nope"},
+		{name: "success missing", status: 200, body: `{"token":"a","refreshToken":"b","tokenLifetime":5}`, kind: failTransient, errContains: "success is not true"},
+		{name: "success as string", status: 200, body: `{"success":"true","token":"a"}`, kind: failTransient, errContains: "success is not true"},
+		{name: "no token", status: 200, body: `{"success":true,"refreshToken":"b","tokenLifetime":60}`, kind: failTransient, salvage: true, errContains: "no token"},
+		{name: "no refresh token", status: 200, body: `{"success":true,"token":"a","tokenLifetime":60}`, kind: failSpent, errContains: "no refreshToken"},
+		{name: "zero lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":0}`, kind: failTransient, salvage: true, errContains: "not positive"},
+		{name: "negative lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":-5}`, kind: failTransient, salvage: true},
+		{name: "lifetime not a number", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":"x"}`, kind: failTransient, salvage: true, errContains: "no numeric tokenLifetime"},
+		{name: "token of wrong type", status: 200, body: `{"success":true,"token":5,"refreshToken":"b","tokenLifetime":60}`, kind: failTransient, salvage: true, errContains: "no token"},
+		{name: "lifetime missing", status: 200, body: `{"success":true,"token":"a","refreshToken":"b"}`, kind: failTransient, salvage: true, errContains: "no numeric tokenLifetime"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -76,8 +74,8 @@ func TestParseResponseClasses(t *testing.T) {
 			if !errors.As(err, &ue) {
 				t.Fatalf("err %v, want an upstreamError", err)
 			}
-			if ue.class != tc.class || ue.retryAfter != tc.retry || ue.unknownOutcome != tc.unknown || ue.spent != tc.spent {
-				t.Fatalf("got class %v retry %v unknown %v spent %v", ue.class, ue.retryAfter, ue.unknownOutcome, ue.spent)
+			if ue.kind != tc.kind || ue.retryAfter != tc.retry {
+				t.Fatalf("got kind %v retry %v", ue.kind, ue.retryAfter)
 			}
 			if (g != nil) != tc.salvage {
 				t.Fatalf("grant %+v, salvage %v", g, tc.salvage)
@@ -95,7 +93,7 @@ func TestParseResponseAny2xxIsProcessed(t *testing.T) {
 	}
 	_, err := parseResponse(204, "", nil, testStart, "")
 	var ue *upstreamError
-	if !errors.As(err, &ue) || !ue.spent || !ue.unknownOutcome {
+	if !errors.As(err, &ue) || ue.kind != failUnknown {
 		t.Fatalf("204 without a body must count as presumably spent: %v", err)
 	}
 }
@@ -103,7 +101,7 @@ func TestParseResponseAny2xxIsProcessed(t *testing.T) {
 // testClient is a client for url with a 2 s timeout.
 func testClient(t *testing.T, url string) *client {
 	t.Helper()
-	c, err := newClient(&teletrackerConfig{BaseURL: url, RequestTimeout: 2 * time.Second}, time.Now)
+	c, err := newClient(&config{BaseURL: url, RequestTimeout: 2 * time.Second}, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +140,7 @@ func TestClientRefusesLargeBody(t *testing.T) {
 	defer srv.Close()
 	g, err := testClient(t, srv.URL).refresh(context.Background(), "rt")
 	var ue *upstreamError
-	if g != nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), "over 1 MiB") || !ue.spent {
+	if g != nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), "over 1 MiB") || ue.kind != failUnknown {
 		t.Fatalf("%+v %v", g, err)
 	}
 }
@@ -160,20 +158,20 @@ func TestClientClassifiesTransportErrors(t *testing.T) {
 	}))
 	defer slow.Close()
 	cases := []struct {
-		name    string
-		url     string
-		unknown bool
-		detail  string
+		name   string
+		url    string
+		kind   failureKind
+		detail string
 	}{
-		{"refused", "http://127.0.0.1:1", false, "cannot connect"},
-		{"untrusted TLS", tlsSrv.URL, false, "TLS handshake failed"},
-		{"timeout", slow.URL, true, "timed out; the outcome is unknown"},
+		{"refused", "http://127.0.0.1:1", failTransient, "cannot connect"},
+		{"untrusted TLS", tlsSrv.URL, failTransient, "TLS handshake failed"},
+		{"timeout", slow.URL, failUnknown, "timed out; the outcome is unknown"},
 	}
 	for _, tc := range cases {
 		_, err := testClient(t, tc.url).refresh(context.Background(), "rt")
 		var ue *upstreamError
-		if !errors.As(err, &ue) || ue.unknownOutcome != tc.unknown || !strings.Contains(err.Error(), tc.detail) {
-			t.Errorf("%s: %v (unknown outcome %v)", tc.name, err, ue != nil && ue.unknownOutcome)
+		if !errors.As(err, &ue) || ue.kind != tc.kind || !strings.Contains(err.Error(), tc.detail) {
+			t.Errorf("%s: %v (kind %v)", tc.name, err, ue)
 		}
 	}
 }

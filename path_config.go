@@ -2,9 +2,6 @@ package teletracker
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -16,9 +13,9 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// teletrackerConfig is the mount's stored configuration. The password is kept
-// so the engine can log in again by itself; it is never returned.
-type teletrackerConfig struct {
+// config is the mount's configuration, stored in its record. The password
+// is kept so the engine can log in again by itself; it is never returned.
+type config struct {
 	BaseURL        string        `json:"base_url"`
 	Username       string        `json:"username,omitempty"`
 	Password       string        `json:"password,omitempty"`
@@ -30,18 +27,8 @@ type teletrackerConfig struct {
 
 // identity names the account the config logs in to; a session started under
 // one identity is never continued under another.
-func (c *teletrackerConfig) identity() string {
+func (c *config) identity() string {
 	return fmt.Sprintf("%s %q %d", c.BaseURL, c.Username, c.AccountID)
-}
-
-// getConfig returns the stored config, or nil, nil when there is none.
-func getConfig(ctx context.Context, s logical.Storage) (*teletrackerConfig, error) {
-	return getEntry[teletrackerConfig](ctx, s, configKey)
-}
-
-// putConfig stores cfg.
-func putConfig(ctx context.Context, s logical.Storage, cfg *teletrackerConfig) error {
-	return putEntry(ctx, s, configKey, cfg)
 }
 
 func pathConfig(b *backend) *framework.Path {
@@ -157,15 +144,16 @@ var configResponseFields = map[string]*framework.FieldSchema{
 }
 
 func (b *backend) pathConfigExistenceCheck(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
-	cfg, err := getConfig(ctx, req.Storage)
-	return cfg != nil, err
+	r, err := b.peekRecord(ctx, req.Storage)
+	return r.configured(), err
 }
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	cfg, err := getConfig(ctx, req.Storage)
-	if err != nil || cfg == nil {
+	r, err := b.peekRecord(ctx, req.Storage)
+	if err != nil || !r.configured() {
 		return nil, err
 	}
+	cfg := r.Config
 	return &logical.Response{Data: map[string]interface{}{
 		"base_url":        cfg.BaseURL,
 		"username":        cfg.Username,
@@ -177,147 +165,95 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	}}, nil
 }
 
-// pathConfigWrite merges the fields sent into the stored config and, when the
-// write changes who or where the engine logs in to (or brings a password or a
-// refresh token), establishes the new session before anything is stored. A
-// write that fails leaves the previous config and session as they were.
+// pathConfigWrite merges the fields sent into the stored config. A write
+// that brings a password or a refresh token, or changes where or as whom the
+// engine logs in, is a credential: the new session is established through
+// the one spend path before anything is kept, and the write is all or
+// nothing, whatever its caller does once the credential is sent.
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	b.refreshMu.Lock()
-	defer b.refreshMu.Unlock()
-
-	epoch := b.epoch.Load()
-	old, err := getConfig(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	cur, err := b.currentSession(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	// A session started under another identity (a write failed half-way)
-	// is no session for this config.
-	w, err := parseConfigWrite(old, d, cur != nil && old != nil && cur.belongsTo(old))
-	if err != nil {
-		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
-	}
-	next, warning := cur, ""
-	if w.newSession {
-		if next, warning, err = b.establish(ctx, req.Storage, w, cur); err != nil {
-			return configWriteError(err)
+	asked := b.now()
+	t := trigger{kind: triggerTune}
+	_, err := b.apply(ctx, req.Storage, t, func(prev *record) (*record, trigger, error) {
+		next, credential, err := parseConfigWrite(prev, d)
+		if credential {
+			t = trigger{kind: triggerCredential, at: asked}
 		}
+		return next, t, err
+	})
+	if !succeeded(err) {
+		return respond(t.kind, err)
 	}
-	if err := putConfig(ctx, req.Storage, w.cfg); err != nil {
-		b.Logger().Error("config not stored", "error", err)
-		if next != cur {
-			b.restoreSession(ctx, req.Storage, cur)
-		}
-		return nil, fmt.Errorf("storing the config failed: %w", err)
-	}
-	b.publish(epoch, next, w.cfg)
-	b.Logger().Info("config written", "base_url", w.cfg.BaseURL, "username", w.cfg.Username, "new_session", w.newSession)
-	if warning != "" {
-		return &logical.Response{Warnings: []string{warning}}, nil
+	b.Logger().Info("config written", "credential", t.kind == triggerCredential)
+	if err != nil {
+		return &logical.Response{Warnings: warnings(err)}, nil
 	}
 	return nil, nil
 }
 
-// restoreSession puts back the session a failed config write replaced, so
-// that config and session still belong together. Should that fail too, the
-// session's identity keeps its refresh token away from the old config's
-// server (see session.under).
-func (b *backend) restoreSession(ctx context.Context, storage logical.Storage, prev *session) {
-	var err error
-	if prev == nil {
-		err = storage.Delete(ctx, sessionKey)
-	} else {
-		err = b.storeSession(ctx, storage, prev)
-	}
-	if err != nil {
-		b.Logger().Error("putting back the previous session failed", "error", err)
-	}
-}
-
-// configWriteError turns an error from establishing a session into the
-// response an operator should see.
-func configWriteError(err error) (*logical.Response, error) {
-	var ue *upstreamError
-	var rl *rateLimitedError
-	switch {
-	case errors.As(err, &ue) && ue.class == failRejected:
-		return logical.ErrorResponse("Teletracker refused the credentials: %s", ue.Error()), logical.ErrInvalidRequest
-	case errors.As(err, &ue):
-		return nil, logical.CodedError(http.StatusBadGateway, "cannot establish a session: "+ue.Error())
-	case errors.As(err, &rl):
-		return nil, logical.CodedError(http.StatusTooManyRequests, rl.Error())
-	}
-	return nil, err
-}
-
+// pathConfigDelete removes the config and the session. The waits set by
+// past calls stay, alone in the record, so that deleting and writing again
+// in a loop cannot make a storm.
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
-	b.unsaved.Store(nil)
-	if err := req.Storage.Delete(ctx, sessionKey); err != nil {
-		return nil, fmt.Errorf("deleting session: %w", err)
+	r, err := b.load(ctx, req.Storage)
+	if err != nil {
+		return nil, err
 	}
-	if err := req.Storage.Delete(ctx, configKey); err != nil {
-		return nil, fmt.Errorf("deleting config: %w", err)
+	if r != nil {
+		err = putRecord(ctx, req.Storage, r.waitsOnly())
 	}
-	b.served.Store(nil)
+	if err == nil {
+		err = deleteLegacy(ctx, req.Storage)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("deleting the config failed, nothing changed: %w", err)
+	}
+	b.held.Store(nil)
+	b.snap.Store(nil)
 	b.Logger().Info("config and session deleted")
 	return nil, nil
 }
 
-// configWrite is a validated config write.
-type configWrite struct {
-	// cfg is the config to store.
-	cfg *teletrackerConfig
-	// refreshToken, when set, seeds the session instead of a login.
-	refreshToken string
-	// newSession is set when the write must establish a session first.
-	newSession bool
-}
-
-// parseConfigWrite merges the fields in d over old (nil for a first write)
-// and validates the result; haveSession says whether a session is stored.
-// Its errors are the caller's mistakes.
-func parseConfigWrite(old *teletrackerConfig, d *framework.FieldData, haveSession bool) (*configWrite, error) {
-	cfg := &teletrackerConfig{
-		BaseURL:        defaultBaseURL,
-		RefreshMargin:  defaultRefreshMargin,
-		RequestTimeout: defaultRequestTimeout,
+// parseConfigWrite merges the fields in d into prev (the stored record, nil
+// or without config for a first write) and validates the result. It returns
+// the record to establish and whether the write brings a credential: a
+// password, a refresh token, a new account, or a first session.
+func parseConfigWrite(prev *record, d *framework.FieldData) (next *record, credential bool, err error) {
+	r := &record{}
+	if prev != nil {
+		*r = *prev
 	}
-	if old != nil {
-		*cfg = *old
+	cfg := &r.Config
+	if !prev.configured() {
+		*cfg = config{BaseURL: defaultBaseURL, RefreshMargin: defaultRefreshMargin, RequestTimeout: defaultRequestTimeout}
+		credential = true
 	}
-	w := &configWrite{cfg: cfg, newSession: old == nil || !haveSession}
+	old := *cfg
 
 	if v, ok := d.GetOk("base_url"); ok {
-		u, err := parseBaseURL(v.(string))
-		if err != nil {
-			return nil, err
+		if cfg.BaseURL, err = parseBaseURL(v.(string)); err != nil {
+			return nil, false, err
 		}
-		cfg.BaseURL = u
 	}
 	if v, ok := d.GetOk("username"); ok {
 		cfg.Username = strings.TrimSpace(v.(string))
 	}
 	if v, ok := d.GetOk("password"); ok {
 		cfg.Password = v.(string)
-		w.newSession = w.newSession || cfg.Password != ""
+		credential = credential || cfg.Password != ""
 	}
 	if v, ok := d.GetOk("account_id"); ok {
 		if v.(int) < 0 {
-			return nil, errors.New("account_id must not be negative")
+			return nil, false, invalid("account_id must not be negative")
 		}
 		cfg.AccountID = int64(v.(int))
 	}
+	seed := ""
 	if v, ok := d.GetOk("refresh_token"); ok {
-		w.refreshToken = strings.TrimSpace(v.(string))
-		if w.refreshToken == "" {
-			return nil, errors.New("refresh_token must not be empty")
+		if seed = strings.TrimSpace(v.(string)); seed == "" {
+			return nil, false, invalid("refresh_token must not be empty")
 		}
-		w.newSession = true
 	}
 	if v, ok := d.GetOk("refresh_margin"); ok {
 		cfg.RefreshMargin = time.Duration(v.(int)) * time.Second
@@ -331,32 +267,33 @@ func parseConfigWrite(old *teletrackerConfig, d *framework.FieldData, haveSessio
 
 	switch {
 	case cfg.RefreshMargin <= 0:
-		return nil, errors.New("refresh_margin must be a positive duration of at least 1s, such as 10m")
+		return nil, false, invalid("refresh_margin must be a positive duration of at least 1s, such as 10m")
 	case cfg.RefreshMargin >= maxRefreshMargin:
-		return nil, fmt.Errorf("refresh_margin must be below %s", maxRefreshMargin)
+		return nil, false, invalid("refresh_margin must be below %s", maxRefreshMargin)
 	case cfg.RequestTimeout <= 0:
-		return nil, errors.New("request_timeout must be a positive duration of at least 1s, such as 10s")
+		return nil, false, invalid("request_timeout must be a positive duration of at least 1s, such as 10s")
 	case cfg.RequestTimeout > maxRequestTimeout:
-		return nil, fmt.Errorf("request_timeout must be at most %s, to stay well under Vault's request timeout", maxRequestTimeout)
+		return nil, false, invalid("request_timeout must be at most %s, to stay well under Vault's request timeout", maxRequestTimeout)
+	case cfg.Password != "" && cfg.Username == "":
+		return nil, false, invalid("password needs a username")
 	}
-	if cfg.CACert != "" {
-		if err := checkCACert(cfg.CACert); err != nil {
-			return nil, err
-		}
-	}
-	if cfg.Password != "" && cfg.Username == "" {
-		return nil, errors.New("password needs a username")
+	if _, err := certPool(cfg.CACert); err != nil {
+		return nil, false, &inputError{err}
 	}
 
-	// A change of where or as whom the engine logs in makes the old session
-	// the wrong one.
-	if old != nil && (cfg.BaseURL != old.BaseURL || cfg.Username != old.Username || cfg.AccountID != old.AccountID) {
-		w.newSession = true
+	// A session belongs to the account it was started for.
+	credential = credential || seed != "" || cfg.identity() != old.identity()
+	switch {
+	case seed != "":
+		r.State, r.InFlightAt, r.RefreshToken = stateReady, time.Time{}, seed
+		r.Token, r.Lifetime, r.ObtainedAt, r.RefreshTokenExpiresAt = "", 0, time.Time{}, time.Time{}
+	case !credential:
+	case cfg.Username == "" || cfg.Password == "":
+		return nil, false, invalid("username and password are required to log in (or give refresh_token to seed an existing session)")
+	default:
+		r.State, r.InFlightAt = stateNeedLogin, time.Time{}
 	}
-	if w.newSession && w.refreshToken == "" && (cfg.Username == "" || cfg.Password == "") {
-		return nil, errors.New("username and password are required to log in (or give refresh_token to seed an existing session)")
-	}
-	return w, nil
+	return r, credential, nil
 }
 
 // parseBaseURL checks that raw is an https URL, or http on a loopback host,
@@ -364,19 +301,19 @@ func parseConfigWrite(old *teletrackerConfig, d *framework.FieldData, haveSessio
 func parseBaseURL(raw string) (string, error) {
 	u, err := url.Parse(strings.TrimSpace(raw))
 	if err != nil || u.Host == "" || u.Hostname() == "" {
-		return "", errors.New("base_url must be an absolute URL such as https://api.teletracker.net")
+		return "", invalid("base_url must be an absolute URL such as https://api.teletracker.net")
 	}
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return "", errors.New("base_url must not hold credentials, a query or a fragment")
+		return "", invalid("base_url must not hold credentials, a query or a fragment")
 	}
 	switch u.Scheme {
 	case "https":
 	case "http":
 		if !isLoopback(u.Hostname()) {
-			return "", errors.New("base_url must use https://; http:// is only accepted for loopback hosts (127.0.0.0/8, ::1, localhost)")
+			return "", invalid("base_url must use https://; http:// is only accepted for loopback hosts (127.0.0.0/8, ::1, localhost)")
 		}
 	default:
-		return "", errors.New("base_url must use https://")
+		return "", invalid("base_url must use https://")
 	}
 	return strings.TrimRight(u.String(), "/"), nil
 }
@@ -388,30 +325,6 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-// checkCACert checks that pem holds only certificates, at least one.
-func checkCACert(data string) error {
-	rest := []byte(data)
-	n := 0
-	for {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			return fmt.Errorf("ca_cert holds a %q PEM block; only CERTIFICATE blocks are accepted", block.Type)
-		}
-		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
-			return fmt.Errorf("ca_cert holds a certificate that does not parse: %v", err)
-		}
-		n++
-	}
-	if n == 0 || strings.TrimSpace(string(rest)) != "" {
-		return errors.New("ca_cert must be one or more PEM-encoded certificates")
-	}
-	return nil
 }
 
 const pathConfigHelpSyn = `Configure the Teletracker account whose session this mount keeps alive.`

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"math/big"
@@ -46,6 +47,7 @@ func TestConfigValidation(t *testing.T) {
 		{"ca_cert not pem", map[string]interface{}{"ca_cert": "hello"}, "PEM-encoded certificates"},
 		{"ca_cert a key", map[string]interface{}{"ca_cert": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}, `"PRIVATE KEY" PEM block`},
 		{"ca_cert garbage cert", map[string]interface{}{"ca_cert": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}, "does not parse"},
+		{"ca_cert with headers", map[string]interface{}{"ca_cert": withHeader(selfSignedPEM(t))}, "with headers"},
 		{"negative account", map[string]interface{}{"account_id": -1}, "account_id must not be negative"},
 		{"account not a number", map[string]interface{}{"account_id": "seven"}, "account_id"},
 		{"empty refresh token", map[string]interface{}{"refresh_token": " "}, "refresh_token must not be empty"},
@@ -68,8 +70,8 @@ func TestConfigValidation(t *testing.T) {
 			if got := e.fake.Stats().LoginCalls + e.fake.Stats().RefreshCalls; got != 0 {
 				t.Fatalf("an invalid write called Teletracker %d times", got)
 			}
-			if s, _ := getConfig(context.Background(), e.storage); s != nil {
-				t.Fatal("an invalid write stored a config")
+			if e.stored() != nil {
+				t.Fatal("an invalid write stored a record")
 			}
 		})
 	}
@@ -121,9 +123,9 @@ func TestConfigDefaults(t *testing.T) {
 	if data["refresh_margin"] != int64(600) || data["request_timeout"] != int64(10) {
 		t.Fatalf("defaults: %v", data)
 	}
-	cfg, err := parseConfigWrite(nil, fieldData(map[string]interface{}{"username": "u", "password": "p"}), false)
-	if err != nil || cfg.cfg.BaseURL != defaultBaseURL {
-		t.Fatalf("default base_url: %v %v", cfg, err)
+	r, credential, err := parseConfigWrite(nil, fieldData(map[string]interface{}{"username": "u", "password": "p"}))
+	if err != nil || !credential || r.Config.BaseURL != defaultBaseURL {
+		t.Fatalf("default base_url: %v %v", r, err)
 	}
 }
 
@@ -168,7 +170,7 @@ func TestConfigRefusedWriteChangesNothing(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(map[string]interface{}{"refresh_margin": "5m"})
 	before := e.mustRequest(logical.ReadOperation, "config", nil).Data
-	sessBefore := e.stored()
+	recBefore := e.stored()
 	tokenBefore := e.readToken().Data["token"]
 
 	cases := []struct {
@@ -190,8 +192,14 @@ func TestConfigRefusedWriteChangesNothing(t *testing.T) {
 			if after := e.mustRequest(logical.ReadOperation, "config", nil).Data; !reflect.DeepEqual(after, before) {
 				t.Fatalf("config changed:\n%v\n%v", before, after)
 			}
-			if s := e.stored(); !reflect.DeepEqual(s, sessBefore) {
-				t.Fatalf("session changed:\n%+v\n%+v", sessBefore, s)
+			// Nothing changes but the waits the failed call set.
+			r := e.stored()
+			if r.LastCallAt != e.clock.Now() || !r.HoldUntil.Equal(e.clock.Now().Add(minCallInterval)) {
+				t.Fatalf("the failed call's waits were not stored: %+v", r)
+			}
+			r.LastCallAt, r.HoldUntil, r.NotBefore = recBefore.LastCallAt, recBefore.HoldUntil, recBefore.NotBefore
+			if !reflect.DeepEqual(r, recBefore) {
+				t.Fatalf("record changed:\n%+v\n%+v", recBefore, r)
 			}
 			if got := e.readToken().Data["token"]; got != tokenBefore {
 				t.Fatal("served token changed")
@@ -217,12 +225,14 @@ func TestConfigPartialUpdate(t *testing.T) {
 	}
 
 	// A new password is checked by logging in with it.
+	e.clock.Add(minCallInterval)
 	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
 	if got := e.fake.Stats().Logins; got != logins+1 {
 		t.Fatalf("logins %d, want %d", got, logins+1)
 	}
 
 	// A change of account starts a new session with the stored password.
+	e.clock.Add(minCallInterval)
 	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"account_id": 8})
 	if got := e.fake.Stats().Logins; got != logins+2 {
 		t.Fatalf("logins %d, want %d", got, logins+2)
@@ -250,11 +260,8 @@ func TestConfigDelete(t *testing.T) {
 	if resp, err := e.request(logical.DeleteOperation, "config", nil); err != nil || resp != nil {
 		t.Fatalf("delete: %v %v", resp, err)
 	}
-	if e.stored() != nil {
-		t.Fatal("session survived delete")
-	}
-	if cfg, _ := getConfig(context.Background(), e.storage); cfg != nil {
-		t.Fatal("config survived delete")
+	if r := e.stored(); r.configured() || r.Token != "" || r.RefreshToken != "" || r.Config != (config{}) {
+		t.Fatalf("config or session survived delete: %+v", r)
 	}
 	resp, err := e.request(logical.ReadOperation, "token", nil)
 	if !errors.Is(err, logical.ErrInvalidRequest) || !strings.Contains(resp.Error().Error(), "not configured") {
@@ -281,6 +288,7 @@ func TestConfigCACert(t *testing.T) {
 	if statusOf(resp, err) != http.StatusBadGateway {
 		t.Fatalf("untrusted TLS: resp=%v err=%v", resp, err)
 	}
+	e.clock.Add(minCallInterval)
 	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{
 		"base_url": srv.URL, "username": "demo", "password": "demo-password", "ca_cert": caPEM,
 	})
@@ -290,7 +298,7 @@ func TestConfigCACert(t *testing.T) {
 	if fake.Stats().Logins != 1 {
 		t.Fatal("no login over TLS")
 	}
-	if err := checkCACert(selfSignedPEM(t) + caPEM); err != nil {
+	if _, err := certPool(selfSignedPEM(t) + caPEM); err != nil {
 		t.Fatalf("two certificates: %v", err)
 	}
 }
@@ -333,6 +341,14 @@ func fieldData(d map[string]interface{}) *framework.FieldData {
 	return &framework.FieldData{Raw: d, Schema: pathConfig(newBackend()).Fields}
 }
 
+// withHeader is the PEM block pemText with a header line, which TLS clients
+// skip.
+func withHeader(pemText string) string {
+	block, _ := pem.Decode([]byte(pemText))
+	block.Headers = map[string]string{"Proc-Type": "4,ENCRYPTED"}
+	return string(pem.EncodeToMemory(block))
+}
+
 // selfSignedPEM is a throwaway CA certificate.
 func selfSignedPEM(t *testing.T) string {
 	t.Helper()
@@ -367,18 +383,18 @@ func FuzzConfigWrite(f *testing.F) {
 		if d.Validate() != nil {
 			return // the framework refuses it before the handler runs
 		}
-		w, err := parseConfigWrite(nil, d, false)
+		r, _, err := parseConfigWrite(nil, d)
 		if err != nil {
 			return
 		}
-		c := w.cfg
+		c := &r.Config
 		if c.RefreshMargin <= 0 || c.RefreshMargin >= maxRefreshMargin || c.RequestTimeout <= 0 || c.RequestTimeout > maxRequestTimeout {
 			t.Fatalf("accepted durations %v %v", c.RefreshMargin, c.RequestTimeout)
 		}
 		if _, err := parseBaseURL(c.BaseURL); err != nil {
 			t.Fatalf("accepted base_url %q: %v", c.BaseURL, err)
 		}
-		if c.AccountID < 0 || (w.refreshToken == "" && (c.Username == "" || c.Password == "")) {
+		if c.AccountID < 0 || (r.State != stateReady && (c.Username == "" || c.Password == "")) {
 			t.Fatalf("accepted %+v", c)
 		}
 		if _, err := newClient(c, time.Now); err != nil {
@@ -387,68 +403,13 @@ func FuzzConfigWrite(f *testing.F) {
 	})
 }
 
-// TestConfigStoreFailureKeepsConfigAndSessionTogether: the new session is
-// stored but the config is not; the previous session is put back, so no
-// refresh token is ever sent to a server it did not come from.
-func TestConfigStoreFailureKeepsConfigAndSessionTogether(t *testing.T) {
-	e := newTestEnv(t)
-	e.configure(nil)
-	before := e.stored()
-	other := fakett.New(fakett.Options{Now: e.clock.Now})
-	otherSrv := httptest.NewServer(other)
-	defer otherSrv.Close()
-
-	e.storage.skipPuts.Store(1) // the new session is stored, the config is not
-	e.storage.failPuts.Store(1)
-	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"base_url": otherSrv.URL})
-	if statusOf(resp, err) != http.StatusInternalServerError {
-		t.Fatalf("resp=%v err=%v", resp, err)
-	}
-	if s := e.stored(); !reflect.DeepEqual(s, before) {
-		t.Fatalf("the previous session was not put back:\n%+v\n%+v", before, s)
-	}
-	e.clock.Add(49 * time.Minute)
-	_ = e.tick()
-	if e.fake.Stats().Refreshes != 1 || other.Stats().RefreshCalls != 0 {
-		t.Fatalf("refreshes here %d, there %d", e.fake.Stats().Refreshes, other.Stats().RefreshCalls)
-	}
-	e.readLive()
-}
-
-// TestForeignSessionLogsInInstead: if even putting the old session back
-// fails, the stored session belongs to another server than the config; its
-// refresh token is never sent to the config's server, which is logged in to.
-func TestForeignSessionLogsInInstead(t *testing.T) {
-	e := newTestEnv(t)
-	e.configure(nil)
-	other := fakett.New(fakett.Options{Now: e.clock.Now})
-	otherSrv := httptest.NewServer(other)
-	defer otherSrv.Close()
-
-	e.storage.skipPuts.Store(1)
-	e.storage.failPuts.Store(-1)
-	_, _ = e.request(logical.UpdateOperation, "config", map[string]interface{}{"base_url": otherSrv.URL})
-	e.storage.failPuts.Store(0)
-	if s := e.stored(); !strings.Contains(s.Identity, otherSrv.URL) {
-		t.Fatalf("setup: the stored session should be the other server's: %s", s.Identity)
-	}
-	e.b.invalidate(context.Background(), sessionKey)
-	e.readLive()
-	st := e.fake.Stats()
-	if st.RefreshCalls != 0 || st.LoginCalls != 2 || other.Stats().RefreshCalls != 0 {
-		t.Fatalf("here %+v, there %+v: want a login here and no refresh anywhere", st, other.Stats())
-	}
-	if s := e.stored(); strings.Contains(s.Identity, otherSrv.URL) {
-		t.Fatal("the foreign session is still stored")
-	}
-}
-
 // TestConfigSessionStoreFailureChangesNothing: when the new session cannot
 // be stored, the write fails and the previous session stays in use.
 func TestConfigSessionStoreFailureChangesNothing(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	before := e.stored()
+	e.clock.Add(minCallInterval)
 	e.storage.failPuts.Store(-1)
 	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
 	e.storage.failPuts.Store(0)
@@ -457,7 +418,7 @@ func TestConfigSessionStoreFailureChangesNothing(t *testing.T) {
 	}
 	e.clock.Add(time.Minute)
 	_ = e.tick()
-	if s := e.stored(); !reflect.DeepEqual(s, before) || e.b.unsaved.Load() != nil {
+	if s := e.stored(); !reflect.DeepEqual(s, before) || e.b.held.Load() != nil {
 		t.Fatal("a failed config write changed the session")
 	}
 }
@@ -500,23 +461,128 @@ func TestConfigSeedRateLimited(t *testing.T) {
 	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
 }
 
-// TestForeignSessionIsNotKeptByATuningWrite: when the stored session belongs
-// to another server (a write failed half-way), a write of tuning fields
-// alone needs credentials, and status does not call the mount healthy.
-func TestForeignSessionIsNotKeptByATuningWrite(t *testing.T) {
-	e := newTestEnv(t)
-	e.configure(nil)
-	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": ""})
-	s := e.stored()
-	s.Identity = "https://elsewhere.example \"demo\" 0"
-	if err := putSession(context.Background(), e.storage, s); err != nil {
+// TestConfigWriteAbandonedByCallerIsWhole: a caller that goes away (Ctrl-C,
+// a proxy timeout) while Teletracker is slow does not leave the write half
+// applied: the new session is stored with the new config, in one record.
+func TestConfigWriteAbandonedByCallerIsWhole(t *testing.T) {
+	for _, seed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("seed=%v", seed), func(t *testing.T) {
+			e := newTestEnv(t)
+			seedToken, _ := e.fake.NewSession("demo")
+			e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seedToken})
+			other := fakett.New(fakett.Options{Now: e.clock.Now})
+			otherSrv := httptest.NewServer(other)
+			defer otherSrv.Close()
+			data := map[string]interface{}{"base_url": otherSrv.URL, "username": "demo", "password": "demo-password"}
+			op := "/auth/login"
+			if seed {
+				data = map[string]interface{}{"base_url": otherSrv.URL, "refresh_token": mustSession(t, other)}
+				op = "/auth/refresh"
+			}
+			other.Fail(op, 1, fakett.Fault{Delay: 300 * time.Millisecond})
+			e.clock.Add(time.Minute)
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(50*time.Millisecond, cancel)
+			_, _ = e.b.HandleRequest(ctx, &logical.Request{Operation: logical.UpdateOperation, Path: "config", Data: data, Storage: e.storage})
+			r := e.stored()
+			if r.Config.BaseURL != otherSrv.URL || r.State != stateReady || !other.Live(r.Token) {
+				t.Fatalf("the write was not applied whole: %+v", r)
+			}
+			e.clock.Add(55 * time.Minute)
+			_ = e.tick()
+			if st := other.Stats(); st.Refreshes < 1 || st.ReusedRefreshTokens != 0 || e.fake.Stats().RefreshCalls != 1 {
+				t.Fatalf("the session did not go on under the new config: %+v", st)
+			}
+		})
+	}
+}
+
+// mustSession starts a session on f and returns its refresh token.
+func mustSession(t *testing.T, f *fakett.Server) string {
+	t.Helper()
+	rt, err := f.NewSession("demo")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if st := e.status(); st["state"] != stateReauthRequired || st["token_valid"] != false {
-		t.Fatalf("status %v", st)
+	return rt
+}
+
+// TestSeedNeverSpentUnlessKept: a refresh token handed over is sent only
+// once the intent to spend it is stored; if storing its successor fails, the
+// successor is held in memory, served and stored later, never dropped.
+func TestSeedNeverSpentUnlessKept(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	seed := mustSession(t, e.fake)
+	e.clock.Add(time.Minute)
+
+	// Storage refuses the intent: Teletracker is not called.
+	e.storage.failPuts.Store(-1)
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"refresh_token": seed})
+	e.storage.failPuts.Store(0)
+	if statusOf(resp, err) != http.StatusInternalServerError || !strings.Contains(err.Error(), "nothing changed") || e.fake.Stats().RefreshCalls != 0 {
+		t.Fatalf("resp=%v err=%v calls=%d", resp, err, e.fake.Stats().RefreshCalls)
 	}
-	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"refresh_margin": "5m"})
-	if statusOf(resp, err) != http.StatusBadRequest {
+
+	// Storage refuses the result: the write stands, its session is held.
+	e.storage.skipPuts.Store(1)
+	e.storage.failPuts.Store(-1)
+	resp = e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"refresh_token": seed})
+	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "held in memory") {
+		t.Fatalf("want a warning that the session is held: %v", resp.Warnings)
+	}
+	held := e.b.held.Load()
+	if held == nil || e.stored().State != stateInFlight {
+		t.Fatal("the seeded session is not held over its stored intent")
+	}
+	e.readLive()
+	e.storage.failPuts.Store(0)
+	e.clock.Add(time.Minute)
+	_ = e.tick()
+	if r := e.stored(); r.RefreshToken != held.RefreshToken || r.State != stateReady || e.b.held.Load() != nil {
+		t.Fatalf("the held session was not stored: %+v", r)
+	}
+	e.clock.Add(55 * time.Minute)
+	_ = e.tick()
+	if st := e.fake.Stats(); st.Refreshes != 2 || st.ReusedRefreshTokens != 0 {
+		t.Fatalf("%+v", st)
+	}
+}
+
+// TestRefusedSeedPutsBackThePrevious: a refresh token Teletracker refuses
+// leaves the previous config and session as they were, though the intent to
+// spend it was stored first.
+func TestRefusedSeedPutsBackThePrevious(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	before := e.stored()
+	e.clock.Add(time.Minute)
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"refresh_token": "dead", "refresh_margin": "5m"})
+	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "nothing changed") {
 		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	r := e.stored()
+	r.LastCallAt, r.HoldUntil, r.NotBefore = before.LastCallAt, before.HoldUntil, before.NotBefore
+	if !reflect.DeepEqual(r, before) {
+		t.Fatalf("the previous record was not put back:\n%+v\n%+v", before, r)
+	}
+	e.readLive()
+}
+
+// TestUnusableCACertIsRecorded: a stored ca_cert the client cannot use
+// (written before it was checked as the client uses it) makes every attempt
+// fail before a call; each is recorded, so status does not say healthy.
+func TestUnusableCACertIsRecorded(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	r := e.stored()
+	r.Config.CACert = withHeader(selfSignedPEM(t))
+	e.store(r)
+	e.b.invalidate(context.Background(), recordKey)
+	e.clock.Add(49 * time.Minute)
+	_ = e.tick()
+	s := e.status()
+	if s["state"] != stateDegraded || s["consecutive_failures"] != 1 || !strings.Contains(s["last_error"].(string), "ca_cert") {
+		t.Fatalf("status %v", s)
 	}
 }

@@ -2,8 +2,8 @@ package teletracker
 
 import (
 	"context"
-	"errors"
 	"net/http"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -46,30 +46,18 @@ var rotateResponseFields = map[string]*framework.FieldSchema{
 }
 
 func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	st, err := b.ensure(ctx, req.Storage, triggerRotate)
-	var rl *rateLimitedError
-	var ue *upstreamError
-	switch {
-	case errors.Is(err, errNotConfigured) || errors.Is(err, errNoSession) || errors.Is(err, errReauth):
-		return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
-	case errors.As(err, &rl):
-		return nil, logical.CodedError(http.StatusTooManyRequests, "rotation refused: "+rl.Error())
-	case errors.Is(err, errHeld):
-		return nil, logical.CodedError(http.StatusServiceUnavailable, "rotation refused: "+err.Error())
-	case errors.As(err, &ue):
-		return nil, logical.CodedError(http.StatusBadGateway, "rotation failed: "+err.Error())
-	case err != nil && !errors.Is(err, errNotStored):
-		return nil, err
+	r, err := b.apply(ctx, req.Storage, trigger{kind: triggerRotate, at: b.now()}, nil)
+	if !succeeded(err) {
+		return respond(triggerRotate, err)
 	}
-	resp := &logical.Response{Data: map[string]interface{}{
-		"expires_at":          st.expiresAtText,
-		"last_vault_rotation": st.lastRotation,
-		"next_vault_rotation": st.nextRotation,
-	}}
-	if err != nil {
-		resp.AddWarning(err.Error())
-	}
-	return resp, nil
+	return &logical.Response{
+		Data: map[string]interface{}{
+			"expires_at":          r.expiresAt().UTC().Format(time.RFC3339),
+			"last_vault_rotation": r.ObtainedAt.UTC().Format(time.RFC3339),
+			"next_vault_rotation": r.refreshAt().UTC().Format(time.RFC3339),
+		},
+		Warnings: warnings(err),
+	}, nil
 }
 
 const pathRotateHelpSyn = `Replace the Teletracker bearer token now.`
@@ -80,12 +68,14 @@ engine's own refreshes: the new refresh token is stored before the new token is
 served. Returns the new expires_at, last_vault_rotation and next_vault_rotation,
 never the token.
 
-Teletracker's /auth/refresh is never called twice for one mount within 10
-seconds, nor within 30 seconds of a failed call, nor before a Retry-After has
-passed; a rotate inside those limits is refused with 429 and says when the
-next call is allowed. When the refresh token has been rejected, rotate logs in
-again with the stored password; when the session needs re-authentication,
-rotate is refused with 400 until config gets a password or refresh_token.
-While a new session is held in memory because storage refused it, rotate is
-refused with 503; a failed Teletracker call answers 502.
+Teletracker is never called twice for one mount within 10 seconds, nor
+before a Retry-After has passed; a rotate inside those limits is refused with
+429 and says when the next call is allowed. (A rotate is an operator's act:
+unlike the engine's own attempts it does not wait out the backoff after
+failures.) When the refresh token is no longer usable, rotate logs in again
+with the stored password; when the session needs re-authentication, rotate is
+refused with 400 until config gets a password or refresh_token. While a new
+session is held in memory because storage refused it, rotate is refused with
+503; a failed Teletracker call answers 502 (429 when Teletracker asked to
+wait).
 `

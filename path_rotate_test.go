@@ -54,12 +54,16 @@ func TestRotateFailureAndUnconfigured(t *testing.T) {
 	if statusOf(resp, err) != http.StatusBadGateway || !strings.Contains(err.Error(), "HTTP 500") {
 		t.Fatalf("resp=%v err=%v", resp, err)
 	}
-	// A rotate ignores the backoff but not the 30 s after a failure.
-	e.clock.Add(20 * time.Second)
+	// A rotate, an operator's act, waits out the floor after a failure,
+	// not the backoff that holds back the engine's own attempts.
+	e.clock.Add(9 * time.Second)
 	if resp, err = e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
 		t.Fatalf("resp=%v err=%v", resp, err)
 	}
-	e.clock.Add(10 * time.Second)
+	if err := e.tick(); err != nil || e.fake.Stats().RefreshCalls != 1 {
+		t.Fatalf("a tick inside the backoff: %v %+v", err, e.fake.Stats())
+	}
+	e.clock.Add(time.Second)
 	e.mustRequest(logical.UpdateOperation, "rotate", nil)
 }
 
@@ -86,8 +90,8 @@ func TestRotateHonoursRetryAfter(t *testing.T) {
 	e.configure(nil)
 	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: 429, RetryAfter: "600"})
 	e.clock.Add(time.Minute)
-	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusBadGateway {
-		t.Fatalf("resp=%v err=%v", resp, err)
+	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("Teletracker's 429: resp=%v err=%v", resp, err)
 	}
 	e.clock.Add(5 * time.Minute)
 	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {

@@ -44,7 +44,7 @@ var statusResponseFields = map[string]*framework.FieldSchema{
 	"refresh_token_expires_at": {Type: framework.TypeString, Required: true, Description: "When the refresh token expires on Vault's clock; empty if Teletracker did not say."},
 	"last_vault_rotation":      {Type: framework.TypeString, Required: true, Description: "When the current token was obtained."},
 	"next_vault_rotation":      {Type: framework.TypeString, Required: true, Description: "When the token is due for replacement."},
-	"next_attempt_at":          {Type: framework.TypeString, Required: true, Description: "After failures, when the engine will try again."},
+	"next_attempt_at":          {Type: framework.TypeString, Required: true, Description: "After failures, or while a refresh is in flight or a login is due, when the engine will try again."},
 	"token_valid":              {Type: framework.TypeBool, Required: true, Description: "Whether the engine holds an unexpired token (token reads succeed)."},
 	"last_error":               {Type: framework.TypeString, Required: true, Description: "The most recent failure; kept after recovery (consecutive_failures says whether it is current)."},
 	"last_error_at":            {Type: framework.TypeString, Required: true, Description: "When it happened."},
@@ -54,46 +54,43 @@ var statusResponseFields = map[string]*framework.FieldSchema{
 }
 
 func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	cfg, err := getConfig(ctx, req.Storage)
+	r, err := b.peekRecord(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
-	s := b.unsaved.Load()
-	if s == nil && cfg != nil {
-		if s, err = getSession(ctx, req.Storage); err != nil {
-			return nil, err
-		}
-	}
 	data := map[string]interface{}{"state": stateUnconfigured}
-	for k := range statusResponseFields {
-		if k != "state" && statusResponseFields[k].Type == framework.TypeString {
+	for k, f := range statusResponseFields {
+		if k != "state" && f.Type == framework.TypeString {
 			data[k] = ""
 		}
 	}
 	data["consecutive_failures"] = 0
 	data["refresh_count"] = int64(0)
 	data["token_valid"] = false
-	data["unsaved"] = b.unsaved.Load() != nil
-	if cfg == nil || s == nil {
-		if cfg != nil {
-			data["state"] = stateReauthRequired
-			data["last_error"] = "no session is stored; write password or refresh_token to config"
-		}
+	data["unsaved"] = false
+	if !r.configured() {
 		return &logical.Response{Data: data}, nil
 	}
-	s = s.under(cfg)
-	data["state"] = s.state()
-	data["token_valid"] = s.Token != "" && b.now().Before(s.expiresAt())
-	data["expires_at"] = timeText(s.expiresAt())
-	data["refresh_token_expires_at"] = timeText(s.RefreshTokenExpiresAt)
-	data["last_vault_rotation"] = timeText(s.ObtainedAt)
-	data["next_vault_rotation"] = timeText(s.refreshAt(cfg.RefreshMargin))
-	data["last_error"] = s.LastError
-	data["last_error_at"] = timeText(s.LastErrorAt)
-	data["consecutive_failures"] = s.ConsecutiveFailures
-	data["refresh_count"] = s.RefreshCount
-	if s.ConsecutiveFailures > 0 && !s.ReauthRequired {
-		data["next_attempt_at"] = timeText(s.NextAttemptAt)
+	data["state"] = r.health()
+	data["unsaved"] = r.unsaved
+	data["token_valid"] = r.valid(b.now())
+	if r.Token != "" {
+		data["expires_at"] = timeText(r.expiresAt())
+		data["last_vault_rotation"] = timeText(r.ObtainedAt)
+		data["next_vault_rotation"] = timeText(r.refreshAt())
+	}
+	data["refresh_token_expires_at"] = timeText(r.RefreshTokenExpiresAt)
+	data["last_error"] = r.LastError
+	data["last_error_at"] = timeText(r.LastErrorAt)
+	data["consecutive_failures"] = r.Failures
+	data["refresh_count"] = r.RefreshCount
+	if act := decide(r, b.now(), trigger{kind: triggerTick}); r.Failures > 0 || r.State != stateReady {
+		switch act.kind {
+		case actWait:
+			data["next_attempt_at"] = timeText(act.at)
+		case actRefresh, actLogin:
+			data["next_attempt_at"] = timeText(b.now())
+		}
 	}
 	return &logical.Response{Data: data}, nil
 }

@@ -11,17 +11,20 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// servedToken is what token reads are answered from: one session as of its
-// last change, prepared once under the refresh lock so that a read takes no
-// lock, touches no storage, and allocates little beyond its response.
-type servedToken struct {
+// snapshot is what token reads, status and metrics are answered from: one
+// record as of its last change, prepared once under the refresh lock, so
+// that a read takes no lock, touches no storage, and allocates little beyond
+// its response.
+type snapshot struct {
+	// rec is the record; never changed once published.
+	rec *record
 	// expiresAt is when the bearer token expires.
 	expiresAt time.Time
 	// refreshAt is when the token is due for replacement (next_vault_rotation).
 	refreshAt time.Time
-	// holdUntil: past refreshAt, reads are answered from here, without
-	// trying a refresh, until then (backoff, rate limit, nothing to try).
-	holdUntil time.Time
+	// actAt: before it, a read is answered from here alone; from it, a read
+	// brings the record up to date first (it is due and may be replaced).
+	actAt time.Time
 	// problem says what is wrong with the session, empty when healthy; it
 	// is a read's warning while the token is valid and its error after.
 	problem string
@@ -33,88 +36,89 @@ type servedToken struct {
 // bearer is the token_type value, boxed once.
 var bearer any = "Bearer"
 
-// publish makes s the session token reads are answered from and returns it.
-// epoch is b.epoch as it was before s was loaded: if Invalidate ran since,
-// the copy is dropped again at once. The caller holds refreshMu.
-func (b *backend) publish(epoch uint64, s *session, cfg *teletrackerConfig) *servedToken {
-	now := b.now()
-	st := newServedToken(s, cfg)
-	switch {
-	case s.ReauthRequired:
-		st.holdUntil = now.Add(minRefreshInterval)
-		st.problem = "the session needs re-authentication: " + s.LastError
-	case b.unsaved.Load() != nil:
-		st.holdUntil = now.Add(minRefreshInterval)
-		st.problem = errHeld.Error()
-	default:
-		st.holdUntil = b.earliestCall(now, s, triggerRead, s.RefreshRejected)
-		switch {
-		case s.ConsecutiveFailures > 0:
-			st.problem = fmt.Sprintf("refreshing has failed %d times since %s (last error: %s); next attempt at %s",
-				s.ConsecutiveFailures, s.FailingSince.UTC().Format(time.RFC3339), s.LastError,
-				later(st.holdUntil, now).UTC().Format(time.RFC3339))
-		case st.holdUntil.After(st.refreshAt) && !now.Before(st.refreshAt):
-			st.problem = "the token is due for replacement, but Teletracker may not be called again before " +
-				st.holdUntil.UTC().Format(time.RFC3339) + " (rate limit)"
-		}
+// never is an actAt for a record no read can change: only an operator can.
+var never = time.Unix(1<<62, 0)
+
+// publish makes r what reads are answered from. epoch is b.epoch as it was
+// before r was loaded: if Invalidate ran since, the copy is dropped again.
+// The caller holds refreshMu.
+func (b *backend) publish(epoch uint64, r *record) {
+	if !r.configured() {
+		b.snap.Store(nil)
+		return
 	}
-	b.served.Store(st)
+	b.snap.Store(newSnapshot(r, b.now()))
 	if b.epoch.Load() != epoch {
-		b.served.Store(nil)
+		b.snap.Store(nil)
 	}
-	return st
 }
 
-// newServedToken is what reads of s under cfg answer, without holdUntil
-// and problem, which publish adds.
-func newServedToken(s *session, cfg *teletrackerConfig) *servedToken {
-	st := &servedToken{
-		expiresAt:      s.expiresAt(),
-		refreshAt:      s.refreshAt(cfg.RefreshMargin),
-		token:          s.Token,
-		expiresAtText:  s.expiresAt().UTC().Format(time.RFC3339),
-		lastRotation:   s.ObtainedAt.UTC().Format(time.RFC3339),
-		rotationPeriod: int64(s.rotationPeriod(cfg.RefreshMargin) / time.Second),
+// newSnapshot prepares the answers to reads of r, as of now.
+func newSnapshot(r *record, now time.Time) *snapshot {
+	st := &snapshot{
+		rec:            r,
+		expiresAt:      r.expiresAt(),
+		refreshAt:      r.refreshAt(),
+		token:          r.Token,
+		expiresAtText:  r.expiresAt().UTC().Format(time.RFC3339),
+		lastRotation:   r.ObtainedAt.UTC().Format(time.RFC3339),
+		rotationPeriod: int64((r.Lifetime - r.margin()) / time.Second),
 	}
 	st.nextRotation = st.refreshAt.UTC().Format(time.RFC3339)
+	act := decide(r, now, trigger{kind: triggerRead})
+	switch act.kind {
+	case actNothing:
+		st.actAt = st.refreshAt
+	case actWait:
+		st.actAt = act.at
+	case actHeld:
+		st.actAt = now.Add(minCallInterval) // a read may store it, now and then
+	case actStop:
+		st.actAt = never
+	}
+	switch {
+	case r.unsaved:
+		st.problem = errHeld.Error()
+	case r.needsReauth():
+		st.problem = "the session needs re-authentication: " + r.LastError
+	case r.Failures > 0:
+		st.problem = fmt.Sprintf("refreshing has failed %d times since %s (last error: %s); next attempt at %s",
+			r.Failures, r.FailingSince.UTC().Format(time.RFC3339), r.LastError, later(r.NotBefore, now).UTC().Format(time.RFC3339))
+	case act.kind == actWait:
+		st.problem = "the token is due for replacement, but " + act.err().Error()
+	}
 	return st
 }
 
 // peek answers a read from storage without the refresh lock, for when
-// another caller holds it and no copy is in memory yet (after a restart or
+// another caller holds it and no snapshot is published (after a restart or
 // an Invalidate): a token that is still valid is served rather than waiting
 // on Teletracker. It returns nil when it cannot answer.
 func (b *backend) peek(ctx context.Context, storage logical.Storage, now time.Time) *logical.Response {
-	cfg, err := getConfig(ctx, storage)
-	if err != nil || cfg == nil {
+	r, err := b.peekRecord(ctx, storage)
+	if err != nil || !r.configured() || !r.valid(now) {
 		return nil
 	}
-	s := b.unsaved.Load()
-	if s == nil {
-		if s, err = getSession(ctx, storage); err != nil || s == nil {
-			return nil
-		}
-	}
-	if s = s.under(cfg); s.Token == "" || !now.Before(s.expiresAt()) {
-		return nil
-	}
-	return newServedToken(s, cfg).response(now)
-}
-
-// settled reports whether a read at now is answered from st alone: the
-// token is not due, or nothing may be tried before holdUntil anyway.
-func (st *servedToken) settled(now time.Time) bool {
-	return now.Before(st.refreshAt) || now.Before(st.holdUntil)
+	return newSnapshot(r, now).response(now)
 }
 
 // answer is the token read's answer at now: the token, with a warning when
-// the session has a problem, or an error once it has expired.
-func (st *servedToken) answer(now time.Time) (*logical.Response, error) {
-	if now.Before(st.expiresAt) {
-		return st.response(now), nil
+// the session has a problem, or an error once it has expired. cause is why
+// the last attempt to bring it up to date failed, if it did.
+func (st *snapshot) answer(now time.Time, cause error) (*logical.Response, error) {
+	if now.Before(st.expiresAt) && st.token != "" {
+		resp := st.response(now)
+		if cause != nil && st.problem == "" {
+			resp.AddWarning("the token could not be brought up to date: " + cause.Error())
+		}
+		return resp, nil
 	}
 	why := st.problem
-	if why == "" {
+	switch {
+	case why != "":
+	case cause != nil:
+		why = cause.Error()
+	default:
 		why = "it is due for replacement and no new one could be obtained yet"
 	}
 	if st.token == "" {
@@ -126,10 +130,10 @@ func (st *servedToken) answer(now time.Time) (*logical.Response, error) {
 
 // ttl is the number of seconds until the engine will have replaced the
 // token: at least 1, and never past its expiry.
-func (st *servedToken) ttl(now time.Time) int64 {
+func (st *snapshot) ttl(now time.Time) int64 {
 	end := st.refreshAt
 	if !now.Before(end) {
-		end = st.holdUntil
+		end = st.actAt
 	}
 	if st.expiresAt.Before(end) {
 		end = st.expiresAt
@@ -138,7 +142,7 @@ func (st *servedToken) ttl(now time.Time) int64 {
 }
 
 // response is the token read's answer at now.
-func (st *servedToken) response(now time.Time) *logical.Response {
+func (st *snapshot) response(now time.Time) *logical.Response {
 	resp := &logical.Response{Data: map[string]interface{}{
 		"token":               st.token,
 		"token_type":          bearer,
@@ -192,19 +196,20 @@ var tokenResponseFields = map[string]*framework.FieldSchema{
 	"next_vault_rotation": {Type: framework.TypeString, Required: true, Description: "When this token will be replaced at the latest (RFC 3339)."},
 }
 
-// pathTokenRead answers from memory when it can. Otherwise it takes the
-// refresh lock and refreshes first if the token is due, except that a read
-// never waits for another caller holding the lock while a valid token is
-// known, in memory or in storage: it is answered with that token.
+// pathTokenRead answers from the snapshot when it can. Otherwise it takes
+// the refresh lock and brings the record up to date first, except that a
+// read never waits for another caller holding the lock while a valid token
+// is known, in memory or in storage: it is answered with that token. Should
+// bringing it up to date fail, a token still valid is served, with a warning.
 func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	st := b.served.Load()
+	st := b.snap.Load()
 	now := b.now()
 	switch {
-	case st != nil && st.settled(now):
-		return st.answer(now)
+	case st != nil && now.Before(st.actAt):
+		return st.answer(now, nil)
 	case st != nil && now.Before(st.expiresAt):
 		if !b.refreshMu.TryLock() {
-			return st.answer(now)
+			return st.answer(now, nil)
 		}
 	default:
 		if !b.refreshMu.TryLock() {
@@ -214,15 +219,24 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *fr
 			b.refreshMu.Lock()
 		}
 	}
-	st, err := b.ensureLocked(ctx, req.Storage, triggerRead)
+	_, err := b.applyLocked(ctx, req.Storage, trigger{kind: triggerRead}, nil)
 	b.refreshMu.Unlock()
-	if st == nil {
-		if errors.Is(err, errNotConfigured) || errors.Is(err, errNoSession) {
-			return logical.ErrorResponse(err.Error()), logical.ErrInvalidRequest
+	now = b.now()
+	switch cur := b.snap.Load(); {
+	case errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured):
+		return respond(triggerRead, err)
+	case cur != nil:
+		return cur.answer(now, err)
+	case st != nil:
+		return st.answer(now, err)
+	case err == nil:
+		// Invalidate dropped what was just published: another node wrote.
+		if resp := b.peek(ctx, req.Storage, now); resp != nil {
+			return resp, nil
 		}
-		return nil, err
+		err = errors.New("the session changed in storage while it was read; read again")
 	}
-	return st.answer(b.now())
+	return respond(triggerRead, err)
 }
 
 const pathTokenHelpSyn = `Read the current Teletracker bearer token.`

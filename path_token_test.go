@@ -429,19 +429,25 @@ func TestQueuedReadersDoNotRereadStorage(t *testing.T) {
 	}
 }
 
-func TestTokenReadWithoutSession(t *testing.T) {
+// TestTokenReadWithoutToken: a mount whose session is gone and that holds
+// no password says so, and a read says why no token is served.
+func TestTokenReadWithoutToken(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
-	if err := e.storage.Delete(context.Background(), sessionKey); err != nil {
-		t.Fatal(err)
-	}
-	e.b.invalidate(context.Background(), sessionKey)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": ""})
+	r := e.stored()
+	r.State, r.Token, r.RefreshToken, r.LastError = stateNeedLogin, "", "", "the refresh token was refused"
+	e.store(r)
+	e.b.invalidate(context.Background(), recordKey)
 	resp, err := e.request(logical.ReadOperation, "token", nil)
-	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "no Teletracker session is stored") {
+	if statusOf(resp, err) != http.StatusBadGateway || !strings.Contains(err.Error(), "no Teletracker token is held: the session needs re-authentication") {
 		t.Fatalf("resp=%v err=%v", resp, err)
 	}
-	if s := e.status(); s["state"] != stateReauthRequired {
+	if s := e.status(); s["state"] != stateReauthRequired || s["token_valid"] != false {
 		t.Fatalf("%v", s)
+	}
+	if got := e.fake.Stats().LoginCalls; got != 1 {
+		t.Fatalf("a login was sent without a password: %d", got-1)
 	}
 }
 
@@ -496,7 +502,7 @@ func TestReadWithoutCopyDoesNotWait(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	want := e.readToken().Data["token"]
-	e.b.invalidate(context.Background(), sessionKey)
+	e.b.invalidate(context.Background(), recordKey)
 	e.b.refreshMu.Lock() // a slow refresh, say
 	got := make(chan interface{}, 1)
 	go func() { got <- e.readToken().Data["token"] }()
@@ -510,5 +516,24 @@ func TestReadWithoutCopyDoesNotWait(t *testing.T) {
 		e.b.refreshMu.Unlock()
 		<-got
 		t.Error("the read waited for the refresh lock")
+	}
+}
+
+// TestStorageHiccupServesValidToken: when the token is due and a read that
+// would replace it cannot read storage, the token, still valid for minutes,
+// is served with a warning.
+func TestStorageHiccupServesValidToken(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	want := e.readToken().Data["token"]
+	e.clock.Add(55 * time.Minute)
+	e.storage.failGets.Store(true)
+	resp := e.readToken()
+	e.storage.failGets.Store(false)
+	if resp.Data["token"] != want || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], errStorageDown.Error()) {
+		t.Fatalf("data %v warnings %v", resp.Data, resp.Warnings)
+	}
+	if got := e.fake.Stats().RefreshCalls; got != 0 {
+		t.Fatalf("refresh calls %d without a stored record", got)
 	}
 }

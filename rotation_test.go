@@ -16,7 +16,9 @@ import (
 func intp(n int) *int { return &n }
 
 // upstreamFaults is the fault matrix's upstream half: each fault hits the
-// first refresh once, and state is what status says right after.
+// first refresh once, and state is what status says right after. A refresh
+// whose outcome is unknown (timeout, broken connection, unreadable answer)
+// is followed by a login after the backoff, never by the same token.
 var upstreamFaults = []struct {
 	name  string
 	fault fakett.Fault
@@ -33,9 +35,9 @@ var upstreamFaults = []struct {
 	{name: "503", fault: fakett.Fault{Status: 503}, state: stateDegraded},
 	{name: "504", fault: fakett.Fault{Status: 504}, state: stateDegraded},
 	{name: "429 with Retry-After", fault: fakett.Fault{Status: 429, RetryAfter: "240"}, state: stateDegraded},
-	{name: "hang past timeout", fault: fakett.Fault{Delay: 3 * time.Second}, state: stateDegraded},
-	{name: "connection reset", fault: fakett.Fault{Reset: true}, state: stateDegraded},
-	{name: "malformed JSON", fault: fakett.Fault{Body: `{"success":true,"token":`}, state: stateHealthy, login: true},
+	{name: "hang past timeout", fault: fakett.Fault{Delay: 3 * time.Second}, state: stateDegraded, login: true},
+	{name: "connection reset", fault: fakett.Fault{Reset: true}, state: stateDegraded, login: true},
+	{name: "malformed JSON", fault: fakett.Fault{Body: `{"success":true,"token":`}, state: stateDegraded, login: true},
 	{name: "success false", fault: fakett.Fault{Body: `{"success":false,"error":"try later"}`}, state: stateDegraded},
 	{name: "missing token", fault: fakett.Fault{Omit: []string{"token"}}, state: stateDegraded},
 	{name: "missing refresh token", fault: fakett.Fault{Omit: []string{"refreshToken"}}, state: stateHealthy, login: true},
@@ -43,8 +45,8 @@ var upstreamFaults = []struct {
 	{name: "zero lifetime", fault: fakett.Fault{Lifetime: intp(0)}, state: stateDegraded},
 	{name: "negative lifetime", fault: fakett.Fault{Lifetime: intp(-3600)}, state: stateDegraded},
 	{name: "huge lifetime", fault: fakett.Fault{Lifetime: intp(1 << 40)}, state: stateDegraded},
-	{name: "2 MiB body", fault: fakett.Fault{Body: `{"success":true,"padding":"` + strings.Repeat("x", 2<<20) + `"}`}, state: stateHealthy, login: true},
-	{name: "2 MiB body, token spent", fault: fakett.Fault{PadBytes: 2 << 20}, state: stateHealthy, login: true},
+	{name: "2 MiB body", fault: fakett.Fault{Body: `{"success":true,"padding":"` + strings.Repeat("x", 2<<20) + `"}`}, state: stateDegraded, login: true},
+	{name: "2 MiB body, token spent", fault: fakett.Fault{PadBytes: 2 << 20}, state: stateDegraded, login: true},
 	{name: "clock skew +1 day", skew: 24 * time.Hour, state: stateHealthy},
 	{name: "clock skew -1 day", skew: -24 * time.Hour, state: stateHealthy},
 }
@@ -116,7 +118,7 @@ func (e *testEnv) readLive() {
 	e.t.Helper()
 	resp, err := e.request(logical.ReadOperation, "token", nil)
 	if err != nil || resp.IsError() {
-		held := e.b.unsaved.Load()
+		held := e.b.held.Load()
 		if held == nil {
 			held = e.stored()
 		}
@@ -131,14 +133,14 @@ func (e *testEnv) readLive() {
 }
 
 // wantRateBound checks the fake's record of refresh calls: never two within
-// minRefreshInterval, and, when the first call failed, the next one at
+// minCallInterval, and, when the first call failed, the next one at
 // least minRetryInterval later.
 func (e *testEnv) wantRateBound(firstFailed bool) {
 	e.t.Helper()
 	times := e.fake.Stats().RefreshCallTimes
 	for i := 1; i < len(times); i++ {
 		gap := times[i].Sub(times[i-1])
-		if gap < minRefreshInterval || (i == 1 && firstFailed && gap < minRetryInterval) {
+		if gap < minCallInterval || (i == 1 && firstFailed && gap < minRetryInterval) {
 			e.t.Fatalf("refresh calls %d and %d are %v apart", i-1, i, gap)
 		}
 	}
@@ -206,7 +208,10 @@ func TestPasswordAlsoRejectedNeedsReauth(t *testing.T) {
 	e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 401})
 	e.clock.Add(49 * time.Minute)
 	_ = e.tick()
-	e.wantState(stateReauthRequired, "stored password both rejected")
+	e.wantState(stateReauthRequired, "stored password was rejected")
+	if got := e.status()["consecutive_failures"]; got != 1 {
+		t.Fatalf("a rejected refresh and a rejected login count %v failures, want 1", got)
+	}
 }
 
 func TestLoginTransientFailureRetriesLogin(t *testing.T) {
@@ -311,7 +316,9 @@ func TestRefreshFloorWhateverLifetimes(t *testing.T) {
 }
 
 // TestInterruptedRefresh: a marker left by a refresh whose result was never
-// stored makes the next tick try the refresh token once at once.
+// stored is resolved by the next tick: with a password by a login (the
+// refresh token it names may be spent, and is never presented again when a
+// login can replace it), without one by trying the token once more.
 func TestInterruptedRefresh(t *testing.T) {
 	cases := []struct {
 		name     string
@@ -319,8 +326,9 @@ func TestInterruptedRefresh(t *testing.T) {
 		spent    bool
 		state    string
 	}{
-		{"token not spent", true, false, stateHealthy},
+		{"not spent, password stored", true, false, stateHealthy},
 		{"spent, password stored", true, true, stateHealthy},
+		{"not spent, no password", false, false, stateHealthy},
 		{"spent, no password", false, true, stateReauthRequired},
 	}
 	for _, tc := range cases {
@@ -340,23 +348,29 @@ func TestInterruptedRefresh(t *testing.T) {
 				e.storage.failPuts.Store(-1)
 				_, _ = e.request(logical.UpdateOperation, "rotate", nil)
 				e.storage.failPuts.Store(0)
-				e.b = restart(t, e)
 			} else {
 				e.markInterrupted()
 			}
-			if e.stored().Pending == nil {
+			e.b = restart(t, e)
+			if e.stored().State != stateInFlight {
 				t.Fatal("no marker stored")
 			}
+			before := e.fake.Stats()
 			e.clock.Add(time.Minute)
 			_ = e.tick()
 			st := e.status()
 			if st["state"] != tc.state {
 				t.Fatalf("state %v", st)
 			}
+			after := e.fake.Stats()
+			logins, refreshes := after.LoginCalls-before.LoginCalls, after.RefreshCalls-before.RefreshCalls
+			if (tc.password && (logins != 1 || refreshes != 0)) || (!tc.password && (logins != 0 || refreshes != 1)) {
+				t.Fatalf("resolved with %d logins and %d refreshes", logins, refreshes)
+			}
 			if tc.state == stateReauthRequired && !strings.Contains(st["last_error"].(string), "was interrupted") {
 				t.Fatalf("last_error does not say a refresh was interrupted: %v", st["last_error"])
 			}
-			if e.stored().Pending != nil {
+			if e.stored().State == stateInFlight {
 				t.Fatal("marker left behind")
 			}
 			e.readLive()
@@ -373,6 +387,7 @@ func restart(t *testing.T, e *testEnv) *backend {
 	conf.Logger = e.b.Logger()
 	b := newBackend()
 	b.now = e.clock.Now
+	b.storage = e.storage
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +417,7 @@ func TestUnsavedSessionHeldAndServed(t *testing.T) {
 	e.storage.skipPuts.Store(1)
 	e.storage.failPuts.Store(-1)
 	before := e.storage.puts.Load()
-	if _, err := e.b.ensure(context.Background(), e.storage, triggerTick); !errors.Is(err, errNotStored) {
+	if _, err := e.b.apply(context.Background(), e.storage, trigger{kind: triggerTick}, nil); !errors.Is(err, errNotStored) {
 		t.Fatalf("tick: %v", err)
 	}
 	if got := e.storage.puts.Load() - before; got != 1+saveAttempts {
@@ -429,7 +444,7 @@ func TestUnsavedSessionHeldAndServed(t *testing.T) {
 	if err := e.tick(); err != nil {
 		t.Fatal(err)
 	}
-	if s := e.stored(); s.Token != tok || s.Pending != nil || e.status()["unsaved"] != false {
+	if s := e.stored(); s.Token != tok || s.State != stateReady || e.status()["unsaved"] != false {
 		t.Fatal("held session not stored on the next tick")
 	}
 	e.clock.Add(10 * time.Minute)
@@ -486,39 +501,51 @@ func TestSecretsNeverInErrorsOrWarnings(t *testing.T) {
 }
 
 func BenchmarkRotationDecision(b *testing.B) {
-	be := newBackend()
-	be.now = func() time.Time { return testStart }
-	s := &session{Lifetime: time.Hour, ObtainedAt: testStart.Add(-30 * time.Minute), LastRefreshAt: testStart.Add(-30 * time.Minute)}
+	r := &record{Config: config{RefreshMargin: defaultRefreshMargin, RequestTimeout: defaultRequestTimeout}, State: stateReady,
+		Token: "t", Lifetime: time.Hour, ObtainedAt: testStart.Add(-30 * time.Minute), LastCallAt: testStart.Add(-30 * time.Minute)}
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		if s.wants(testStart, defaultRefreshMargin, triggerTick) || testStart.Before(be.earliestCall(testStart, s, triggerTick, false)) {
+		if decide(r, testStart, trigger{kind: triggerTick}).kind != actNothing {
 			b.Fatal("unexpected decision")
 		}
 	}
 }
 
-// TestNoRefreshWithin30sOfFailure: a rejected refresh is followed at once by
-// a login, but the next /auth/refresh still waits 30 s from the failure,
-// however short the token lifetime.
-func TestNoRefreshWithin30sOfFailure(t *testing.T) {
+// TestRejectedRefreshThenLoginIsOneAttempt: a rejected refresh token is an
+// answer, not a failure: the login follows at once, a failed login counts
+// once and backs off from 30 s, and the floor holds after it.
+func TestRejectedRefreshThenLoginIsOneAttempt(t *testing.T) {
 	e := newTestEnv(t, withFake(func(o *fakett.Options) { o.TokenLifetime = 20 * time.Second }))
 	e.configure(nil)
 	e.fake.RevokeAll()
+	e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 503})
 	e.clock.Add(10 * time.Second)
-	e.readLive() // due: the refresh is rejected, the login succeeds
-	if st := e.fake.Stats(); st.RefreshCalls != 1 || st.LoginCalls != 2 {
-		t.Fatalf("%+v", st)
+	_, _ = e.request(logical.ReadOperation, "token", nil) // due: refresh rejected, login fails
+	s := e.status()
+	if st := e.fake.Stats(); st.RefreshCalls != 1 || st.LoginCalls != 2 || s["consecutive_failures"] != 1 {
+		t.Fatalf("%+v %v: want one refresh, one login, one failure", st, s)
+	}
+	if next, _ := time.Parse(time.RFC3339, s["next_attempt_at"].(string)); next.Before(e.clock.Now().Add(minRetryInterval)) {
+		t.Fatalf("next attempt at %v: the backoff after one failure is 30 s", next)
 	}
 	for i := 0; i < 290; i++ {
 		e.clock.Add(100 * time.Millisecond)
 		_, _ = e.request(logical.ReadOperation, "token", nil)
-		_, _ = e.request(logical.UpdateOperation, "rotate", nil)
 	}
-	if got := e.fake.Stats().RefreshCalls; got != 1 {
-		t.Fatalf("%d refresh calls within 30 s of the failure", got)
+	if st := e.fake.Stats(); st.RefreshCalls+st.LoginCalls != 3 {
+		t.Fatalf("%+v: reads called within the backoff", st)
+	}
+	e.clock.Add(10 * time.Second)
+	e.readLive() // the login succeeds
+	if st := e.fake.Stats(); st.LoginCalls != 3 || st.RefreshCalls != 1 || e.status()["state"] != stateHealthy {
+		t.Fatalf("%+v %v", st, e.status())
 	}
 	e.clock.Add(time.Second)
-	e.mustRequest(logical.UpdateOperation, "rotate", nil)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil) // a successful login sets no floor
+	e.clock.Add(9 * time.Second)
+	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("a rotate 9 s after a refresh: resp=%v err=%v", resp, err)
+	}
 }
 
 // TestUnknownOutcomeKeepsMarker: a refresh that timed out may have spent the
@@ -531,7 +558,7 @@ func TestUnknownOutcomeKeepsMarker(t *testing.T) {
 	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: 3 * time.Second, Spend: true})
 	e.clock.Add(49 * time.Minute)
 	_ = e.tick()
-	if s := e.stored(); s.Pending == nil || s.ConsecutiveFailures != 1 {
+	if s := e.stored(); s.State != stateInFlight || s.Failures != 1 {
 		t.Fatalf("after a timeout the marker must stay: %+v", s)
 	}
 	e.clock.Add(2 * time.Minute)
@@ -549,45 +576,35 @@ func TestCallerLeavingDoesNotAbortRefresh(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(50*time.Millisecond, cancel)
 	e.clock.Add(time.Minute)
-	if _, err := e.b.ensure(ctx, e.storage, triggerRotate); err != nil {
+	if _, err := e.b.apply(ctx, e.storage, trigger{kind: triggerRotate, at: e.clock.Now()}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if s := e.stored(); s.Generation != gen+1 || s.Pending != nil {
+	if s := e.stored(); s.Generation != gen+1 || s.State != stateReady {
 		t.Fatalf("refresh result not stored: %+v", s)
 	}
 }
 
-// TestFloorHeldInMemory: the 10 s floor holds from memory even when the
-// stored record of the last refresh is lost.
-func TestFloorHeldInMemory(t *testing.T) {
+// TestClockGoingBackDoesNotStopCalls: waits set before the clock was set
+// back an hour do not hold calls back for an hour, and new waits hold on
+// the new clock.
+func TestClockGoingBackDoesNotStopCalls(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	e.clock.Add(time.Minute)
-	e.mustRequest(logical.UpdateOperation, "rotate", nil)
-	s := e.stored()
-	s.LastRefreshAt = time.Time{}
-	if err := putSession(context.Background(), e.storage, s); err != nil {
-		t.Fatal(err)
+	e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 429, RetryAfter: "3600"})
+	if resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"}); statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("setup: resp=%v err=%v", resp, err)
 	}
-	e.clock.Add(5 * time.Second)
-	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
-		t.Fatalf("resp=%v err=%v", resp, err)
-	}
-}
-
-// TestClockGoingBackDoesNotStopRefreshes: a clock set back an hour must not
-// block refreshes for an hour, nor allow a burst.
-func TestClockGoingBackDoesNotStopRefreshes(t *testing.T) {
-	e := newTestEnv(t)
-	e.configure(nil)
-	e.clock.Add(time.Minute)
-	e.mustRequest(logical.UpdateOperation, "rotate", nil)
 	e.clock.Add(-time.Hour)
-	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); err != nil || resp.IsError() {
-		t.Fatalf("refresh blocked after the clock went back: %v %v", resp, err)
-	}
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
+	e.clock.Add(time.Second)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil)
+	e.clock.Add(time.Second)
 	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
 		t.Fatalf("a second refresh at once: resp=%v err=%v", resp, err)
+	}
+	if st := e.fake.Stats(); st.LoginCalls != 3 || st.RefreshCalls != 1 {
+		t.Fatalf("%+v, want 3 logins and a refresh", st)
 	}
 }
 
@@ -599,60 +616,111 @@ func TestDeleteDropsHeldSession(t *testing.T) {
 	e.storage.failPuts.Store(-1)
 	_ = e.tick()
 	e.storage.failPuts.Store(0)
-	if e.b.unsaved.Load() == nil {
+	if e.b.held.Load() == nil {
 		t.Fatal("setup: no session held")
 	}
 	e.mustRequest(logical.DeleteOperation, "config", nil)
+	e.clock.Add(minCallInterval)
 	e.configure(nil)
 	_ = e.tick()
-	if s := e.stored(); s.Generation != 1 || e.b.unsaved.Load() != nil {
+	if s := e.stored(); s.Generation != 1 || e.b.held.Load() != nil {
 		t.Fatalf("the deleted session came back: generation %d", s.Generation)
 	}
 }
 
-// TestSecondUnknownOutcomeLogsIn: a refresh token whose fate was unknown
-// twice is not sent a third time; with a password the engine logs in.
-func TestSecondUnknownOutcomeLogsIn(t *testing.T) {
+// TestUnknownOutcomeWithPasswordLogsIn: a refresh whose outcome is unknown
+// (a timeout) is followed by a login when a password is stored: the same
+// refresh token is never presented again.
+func TestUnknownOutcomeWithPasswordLogsIn(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(map[string]interface{}{"request_timeout": 1})
-	e.fake.Fail("/auth/refresh", 2, fakett.Fault{Delay: 3 * time.Second, Spend: true})
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: 3 * time.Second})
 	e.clock.Add(49 * time.Minute)
-	for i := 0; i < 6; i++ {
+	for i := 0; i < 3; i++ {
 		_ = e.tick()
-		e.clock.Add(2 * time.Minute)
+		e.clock.Add(time.Minute)
 	}
 	st := e.fake.Stats()
-	if st.RefreshCalls != 2 || st.LoginCalls != 2 || e.status()["state"] != stateHealthy {
-		t.Fatalf("%+v %v: want two refresh calls, then a login", st, e.status())
-	}
-	if !strings.Contains(e.status()["last_error"].(string), "was interrupted") {
-		t.Fatalf("last_error %v", e.status()["last_error"])
+	if st.RefreshCalls != 1 || st.LoginCalls != 2 || e.status()["state"] != stateHealthy {
+		t.Fatalf("%+v %v: want one refresh call, then a login", st, e.status())
 	}
 	e.readLive()
+	e.wantNoReuse()
 }
 
-// TestConfigWriteFailureCountsForRateLimits: a config write's failed call
-// holds back the next automatic call like any other failure.
-func TestConfigWriteFailureCountsForRateLimits(t *testing.T) {
+// TestConfigWriteLimitsStored: a config write's failed call holds back the
+// next one by the floor and by Teletracker's Retry-After, and those limits
+// are stored (a restart keeps them); Teletracker's 429 is answered 429.
+func TestConfigWriteLimitsStored(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(time.Minute)
+	e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 429, RetryAfter: "120"})
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
+	if statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("Teletracker's 429 answered: resp=%v err=%v", resp, err)
+	}
+	e.b = restart(t, e)
+	calls := e.fake.Stats().LoginCalls
+	e.clock.Add(time.Minute)
+	resp, err = e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
+	if statusOf(resp, err) != http.StatusTooManyRequests || e.fake.Stats().LoginCalls != calls {
+		t.Fatalf("a write inside Retry-After after a restart: resp=%v err=%v", resp, err)
+	}
+	e.clock.Add(time.Minute)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
+
+	// A looping script: a second write within 10 s of a refused one is
+	// refused without a call.
+	e.clock.Add(time.Minute)
+	_, _ = e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": "wrong-password"})
+	calls = e.fake.Stats().LoginCalls
+	e.clock.Add(5 * time.Second)
+	resp, err = e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": "wrong-password"})
+	if statusOf(resp, err) != http.StatusTooManyRequests || e.fake.Stats().LoginCalls != calls {
+		t.Fatalf("a write 5 s after a refused one: resp=%v err=%v", resp, err)
+	}
+}
+
+// TestCredentialWriteIgnoresBackoff: a mount that asks for a password is
+// not refused that very write for minutes by its own automatic backoff: a
+// credential is an operator's act, held back only by the floor and a
+// Retry-After.
+func TestCredentialWriteIgnoresBackoff(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	e.fake.RevokeAll()
 	e.clock.Add(49 * time.Minute)
+	r := e.stored() // the login after the rejected refresh failed six times
+	r.State, r.Failures, r.LastCallAt = stateNeedLogin, 6, e.clock.Now()
+	r.HoldUntil, r.NotBefore = e.clock.Now().Add(minCallInterval), e.clock.Now().Add(maxBackoff)
+	e.store(r)
+	e.b = restart(t, e)
+	e.clock.Add(minCallInterval)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
+	e.wantState(stateHealthy, "")
+}
+
+// TestEmptyPasswordNeverSent: when the password is removed while a login is
+// due, no login is sent: the mount needs re-authentication.
+func TestEmptyPasswordNeverSent(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.fake.RevokeAll()
 	e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 503})
-	if resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"}); statusOf(resp, err) != http.StatusBadGateway {
-		t.Fatalf("resp=%v err=%v", resp, err)
-	}
-	calls := e.fake.Stats().RefreshCalls + e.fake.Stats().LoginCalls
-	e.clock.Add(20 * time.Second)
+	e.clock.Add(49 * time.Minute)
 	_ = e.tick()
-	if got := e.fake.Stats().RefreshCalls + e.fake.Stats().LoginCalls; got != calls {
-		t.Fatalf("a tick 20 s after a failed config write called Teletracker")
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": ""})
+	calls := e.fake.Stats().LoginCalls
+	for i := 0; i < 10; i++ {
+		e.clock.Add(time.Minute)
+		_ = e.tick()
+		_, _ = e.request(logical.UpdateOperation, "rotate", nil)
 	}
-	e.clock.Add(15 * time.Second)
-	_ = e.tick()
-	if e.status()["state"] != stateHealthy {
-		t.Fatalf("%v", e.status())
+	if got := e.fake.Stats().LoginCalls; got != calls {
+		t.Fatalf("%d logins sent without a password", got-calls)
 	}
+	e.wantState(stateReauthRequired, "")
 }
 
 // TestConfigWriteSupersedesHeldSession: a session held in memory because
@@ -665,7 +733,7 @@ func TestConfigWriteSupersedesHeldSession(t *testing.T) {
 	e.storage.skipPuts.Store(1)
 	e.storage.failPuts.Store(-1)
 	_ = e.tick()
-	if e.b.unsaved.Load() == nil {
+	if e.b.held.Load() == nil {
 		t.Fatal("setup: no session held")
 	}
 	e.storage.failPuts.Store(1) // the held session's store fails once more
@@ -673,7 +741,7 @@ func TestConfigWriteSupersedesHeldSession(t *testing.T) {
 	seed, _ := e.fake.NewSession("demo")
 	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"refresh_token": seed})
 	seeded := e.stored()
-	if e.b.unsaved.Load() != nil {
+	if e.b.held.Load() != nil {
 		t.Fatal("the superseded session is still held")
 	}
 	e.clock.Add(time.Minute)
@@ -681,4 +749,29 @@ func TestConfigWriteSupersedesHeldSession(t *testing.T) {
 	if s := e.stored(); s.RefreshToken != seeded.RefreshToken {
 		t.Fatal("the seeded session was overwritten")
 	}
+}
+
+// TestFailedDeleteKeepsHeldRecord: a config delete that storage refuses
+// keeps the record held in memory: it was not deleted.
+func TestFailedDeleteKeepsHeldRecord(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(49 * time.Minute)
+	e.storage.skipPuts.Store(1)
+	e.storage.failPuts.Store(-1)
+	_ = e.tick()
+	if e.b.held.Load() == nil {
+		t.Fatal("setup: no record held")
+	}
+	if resp, err := e.request(logical.DeleteOperation, "config", nil); statusOf(resp, err) != http.StatusInternalServerError {
+		t.Fatalf("resp=%v err=%v", resp, err)
+	}
+	if e.b.held.Load() == nil {
+		t.Fatal("a failed delete dropped the held record")
+	}
+	e.storage.failPuts.Store(0)
+	e.clock.Add(time.Minute)
+	_ = e.tick()
+	e.readLive()
+	e.wantNoReuse()
 }

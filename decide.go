@@ -1,0 +1,306 @@
+package teletracker
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+)
+
+// decide.go is the engine's state machine, without I/O: decide says when
+// Teletracker is called, and nothing else does; settle says what an answer
+// does to the record. rotation.go only loads, applies and stores.
+
+const (
+	// tickInterval is how often Vault calls PeriodicFunc.
+	tickInterval = time.Minute
+	// minCallInterval is the least time between a refresh, or a failed
+	// call, and the next call of a mount to Teletracker, whatever clocks,
+	// lifetimes or callers say. (A successful login may be followed by one
+	// refresh at once; a rejected refresh token by one login at once.)
+	minCallInterval = 10 * time.Second
+	// minRetryInterval is the first backoff after a failed call.
+	minRetryInterval = 30 * time.Second
+	// maxBackoff caps the exponential backoff after failures.
+	maxBackoff = 5 * time.Minute
+)
+
+// triggerKind is what asks for the record to be brought up to date.
+type triggerKind int
+
+const (
+	// triggerTick is Vault's periodic tick: refresh ahead of need.
+	triggerTick triggerKind = iota
+	// triggerRead is a token read that found the token due.
+	triggerRead
+	// triggerRotate is an operator asking for a new token.
+	triggerRotate
+	// triggerCredential is a config write that brings a password or a
+	// refresh token, or changes the account: it calls at once.
+	triggerCredential
+	// triggerTune is a config write of other fields: it never calls.
+	triggerTune
+)
+
+// trigger is one request to bring the record up to date.
+type trigger struct {
+	kind triggerKind
+	// at is when it was asked; a rotate wants a token obtained no earlier.
+	at time.Time
+}
+
+// operator reports whether t is an operator's deliberate act, held back by
+// HoldUntil (the floor and Retry-After) but not by the backoff.
+func (t trigger) operator() bool {
+	return t.kind == triggerRotate || t.kind == triggerCredential
+}
+
+// actionKind is what decide asks for.
+type actionKind int
+
+const (
+	// actNothing: nothing is due.
+	actNothing actionKind = iota
+	// actWait: a call is wanted, but not before action.at.
+	actWait
+	// actStop: a call is wanted, but only an operator can help.
+	actStop
+	// actHeld: a call is wanted, but a record storage refused must be
+	// stored first, or the refresh token it replaced could be sent again.
+	actHeld
+	// actRefresh: send /auth/refresh with the record's refresh token.
+	actRefresh
+	// actLogin: log in with the stored password.
+	actLogin
+)
+
+// action is decide's answer.
+type action struct {
+	kind actionKind
+	// at is when the wait ends (actWait).
+	at time.Time
+}
+
+// calls reports whether a asks for a call to Teletracker.
+func (a action) calls() bool {
+	return a.kind == actRefresh || a.kind == actLogin
+}
+
+// err is why a call that was wanted is not made; nil when none is wanted.
+func (a action) err() error {
+	switch a.kind {
+	case actWait:
+		return &rateLimitedError{until: a.at}
+	case actStop:
+		return errReauth
+	case actHeld:
+		return errHeld
+	}
+	return nil
+}
+
+// decide says what t asks of r at now. A call is made only when decide
+// says so, and only once the waits allow it: HoldUntil for an operator,
+// NotBefore (which includes the backoff) for the engine's own triggers, and
+// for a refresh in flight, until the call it marks has surely ended.
+func decide(r *record, now time.Time, t trigger) action {
+	if !r.wants(now, t) {
+		return action{kind: actNothing}
+	}
+	switch {
+	case r.unsaved:
+		return action{kind: actHeld}
+	case r.needsReauth():
+		return action{kind: actStop}
+	}
+	kind := actRefresh
+	if r.State == stateNeedLogin || (r.State == stateInFlight && r.Config.Password != "") {
+		// A refresh token whose fate is unknown is not presented again
+		// when a login can replace it: a re-presented refresh token is
+		// what a token-theft detector looks for.
+		kind = actLogin
+	}
+	until := r.NotBefore
+	if t.operator() {
+		until = r.HoldUntil
+	}
+	at := wait(now, r.LastCallAt, until)
+	if r.State == stateInFlight {
+		// The node that sent it may have stopped being active; its call
+		// ends request_timeout after it was sent.
+		at = later(at, wait(now, r.InFlightAt, r.InFlightAt.Add(r.Config.RequestTimeout+minCallInterval)))
+	}
+	if now.Before(at) {
+		return action{kind: actWait, at: at}
+	}
+	return action{kind: kind}
+}
+
+// wants reports whether t wants a new token for r at now. An operator wants
+// one newer than the request; a read, one that is not due; a tick looks one
+// tick ahead, so that reads do not find the token due in the normal case,
+// and a session never lapses for lack of reads.
+func (r *record) wants(now time.Time, t trigger) bool {
+	switch {
+	case t.kind == triggerTune:
+		return false
+	case r.Token == "":
+		return true
+	case t.kind == triggerRotate || t.kind == triggerCredential:
+		return r.State != stateReady || r.ObtainedAt.Before(t.at)
+	case t.kind == triggerRead:
+		return !now.Before(r.refreshAt())
+	}
+	ahead := now.Add(tickInterval)
+	return r.State != stateReady || !ahead.Before(r.refreshAt()) ||
+		(!r.RefreshTokenExpiresAt.IsZero() && !ahead.Add(r.Config.RefreshMargin).Before(r.RefreshTokenExpiresAt))
+}
+
+// wait is until, the end of a wait set at setAt, unless the clock is now
+// behind setAt: then it went back since, and the wait is over, so that a
+// clock set back cannot stop calls for as long as it jumped. (One call may
+// then come early; it sets new waits on the new clock.)
+func wait(now, setAt, until time.Time) time.Time {
+	if setAt.After(now) {
+		return time.Time{}
+	}
+	return until
+}
+
+// later returns the latest of times.
+func later(times ...time.Time) time.Time {
+	var at time.Time
+	for _, t := range times {
+		if t.After(at) {
+			at = t
+		}
+	}
+	return at
+}
+
+// backoff is the wait after the n-th consecutive failure: exponential from
+// minRetryInterval, capped at maxBackoff, with up to 25% jitter on top.
+func backoff(n int) time.Duration {
+	d := maxBackoff
+	if n < 10 {
+		d = min(minRetryInterval<<max(n-1, 0), maxBackoff)
+	}
+	return d + time.Duration(rand.Int64N(int64(d/4)+1))
+}
+
+// marked is r as stored before its refresh token is sent at sentAt.
+func (r *record) marked(sentAt time.Time) *record {
+	next := *r
+	next.State, next.InFlightAt = stateInFlight, sentAt
+	return &next
+}
+
+// settle is r after the call kind, sent at sentAt and answered at now with
+// g or err (g may come with err: a new refresh token in a faulty answer).
+func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Time) *record {
+	next := *r
+	if err == nil {
+		next.take(g, sentAt)
+		next.Failures, next.FailingSince = 0, time.Time{}
+		next.limit(sentAt, now, 0, kind == actRefresh)
+		if kind == actRefresh {
+			next.RefreshCount++
+		}
+		return &next
+	}
+	var ue *upstreamError
+	if !errors.As(err, &ue) {
+		ue = &upstreamError{kind: failTransient, detail: err.Error()}
+	}
+	if kind == actRefresh && (ue.kind == failRejected || ue.kind == failSpent) && g == nil {
+		// An answer, not a failure: the refresh token is gone. Log in at
+		// once if a password is stored (the waits stay as they were).
+		next.State, next.InFlightAt = stateNeedLogin, time.Time{}
+		next.LastError, next.LastErrorAt = "refresh token no longer usable: "+err.Error(), sentAt
+		if r.State == stateInFlight {
+			next.LastError = fmt.Sprintf("a refresh started at %s was interrupted (its result was never stored), and Teletracker now refuses its refresh token: %s",
+				r.InFlightAt.UTC().Format(time.RFC3339), err.Error())
+		}
+		if r.Config.Password == "" {
+			next.State = stateNeedReauth
+			next.LastError += "; write password or refresh_token to config"
+		}
+		return &next
+	}
+
+	next.Failures++
+	if next.Failures == 1 {
+		next.FailingSince = sentAt
+	}
+	next.LastError, next.LastErrorAt = err.Error(), sentAt
+	next.limit(sentAt, now, ue.retryAfter, true)
+	next.NotBefore = later(next.NotBefore, now.Add(backoff(next.Failures)))
+	switch {
+	case g != nil:
+		// The answer carried a new refresh token: the one sent is spent
+		// and this is the session's only way on. The bearer token stays.
+		next.Generation++
+		next.RefreshCount++
+		next.State, next.InFlightAt, next.RefreshToken = stateReady, time.Time{}, g.refreshToken
+		next.RefreshTokenExpiresAt = expiry(sentAt, g.refreshLifetime)
+	case kind == actLogin && ue.kind == failRejected:
+		next.State = stateNeedReauth
+		next.LastError = "the stored password was rejected: " + err.Error() + "; write password or refresh_token to config"
+	case kind == actRefresh && ue.kind == failUnknown && r.Config.Password != "":
+		next.State, next.InFlightAt = stateNeedLogin, time.Time{}
+	case kind == actRefresh && ue.kind == failUnknown:
+		// Without a password the token may be the only way on: it is
+		// tried once more, after the backoff.
+		next.State, next.InFlightAt = stateInFlight, sentAt
+	}
+	return &next
+}
+
+// refused is prev (nil when there was none) after a config write whose
+// call, sent at sentAt and answered at now with err, failed: only the waits
+// change, so that the write is held back by the floor and a Retry-After.
+func refused(prev *record, sentAt, now time.Time, err error) *record {
+	next := &record{}
+	if prev != nil {
+		*next = *prev
+	}
+	var ue *upstreamError
+	var retryAfter time.Duration
+	if errors.As(err, &ue) {
+		retryAfter = ue.retryAfter
+	}
+	notBefore := next.NotBefore
+	next.limit(sentAt, now, retryAfter, true)
+	next.NotBefore = later(notBefore, next.HoldUntil)
+	return next
+}
+
+// take makes g, obtained by a call sent at sentAt, the record's session.
+func (r *record) take(g *grant, sentAt time.Time) {
+	r.State, r.InFlightAt = stateReady, time.Time{}
+	r.Token, r.RefreshToken, r.Lifetime, r.ObtainedAt = g.token, g.refreshToken, g.lifetime, sentAt
+	r.RefreshTokenExpiresAt = expiry(sentAt, g.refreshLifetime)
+	r.Generation++
+}
+
+// limit sets the waits after a call sent at sentAt and answered at now,
+// which asked for retryAfter (0 if it did not): the floor when floor is set,
+// and the Retry-After.
+func (r *record) limit(sentAt, now time.Time, retryAfter time.Duration, floor bool) {
+	r.LastCallAt, r.HoldUntil = sentAt, sentAt
+	if floor {
+		r.HoldUntil = sentAt.Add(minCallInterval)
+	}
+	if retryAfter > 0 {
+		r.HoldUntil = later(r.HoldUntil, now.Add(retryAfter))
+	}
+	r.NotBefore = r.HoldUntil
+}
+
+// expiry is sentAt plus lifetime, or zero when the lifetime is unknown.
+func expiry(sentAt time.Time, lifetime time.Duration) time.Time {
+	if lifetime <= 0 {
+		return time.Time{}
+	}
+	return sentAt.Add(lifetime)
+}

@@ -1,0 +1,207 @@
+package teletracker
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDecide is the table of when Teletracker is called: every state of the
+// record, with the waits that matter, under every trigger.
+func TestDecide(t *testing.T) {
+	t0 := testStart
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	// A session obtained at t0 (one-hour token, 10 m margin: due at 50 m),
+	// its last call at t0; a password is stored.
+	base := func() *record {
+		return &record{
+			Config: config{Username: "u", Password: "pw", RefreshMargin: 10 * time.Minute, RequestTimeout: 10 * time.Second},
+			State:  stateReady, Token: "tok", RefreshToken: "rt", Lifetime: time.Hour, ObtainedAt: t0,
+			LastCallAt: t0, HoldUntil: at(minCallInterval), NotBefore: at(minCallInterval),
+		}
+	}
+	tick, read, cred, tune := triggerTick, triggerRead, triggerCredential, triggerTune
+	const rotate = triggerRotate
+	cases := []struct {
+		name   string
+		change func(r *record)
+		now    time.Duration // after t0
+		kind   triggerKind
+		want   actionKind
+		wantAt time.Duration // for actWait
+	}{
+		// ready, fresh
+		{name: "fresh/tick", now: 5 * time.Minute, kind: tick, want: actNothing},
+		{name: "fresh/read", now: 5 * time.Minute, kind: read, want: actNothing},
+		{name: "fresh/rotate", now: 5 * time.Minute, kind: rotate, want: actRefresh},
+		{name: "fresh/rotate inside floor", now: 5 * time.Second, kind: rotate, want: actWait, wantAt: minCallInterval},
+		{name: "fresh/credential", now: 5 * time.Minute, kind: cred, want: actRefresh},
+		{name: "fresh/tune", now: 5 * time.Minute, kind: tune, want: actNothing},
+		// ready, due within the next tick, due, gone
+		{name: "due next tick/tick", now: 49*time.Minute + 30*time.Second, kind: tick, want: actRefresh},
+		{name: "due next tick/read", now: 49*time.Minute + 30*time.Second, kind: read, want: actNothing},
+		{name: "due/read", now: 55 * time.Minute, kind: read, want: actRefresh},
+		{name: "due/tune", now: 55 * time.Minute, kind: tune, want: actNothing},
+		{name: "expired/read", now: 2 * time.Hour, kind: read, want: actRefresh},
+		{name: "no bearer token/read", change: func(r *record) { r.Token = "" }, now: 5 * time.Minute, kind: read, want: actRefresh},
+		{name: "no bearer token/rotate", change: func(r *record) { r.Token = "" }, now: 5 * time.Minute, kind: rotate, want: actRefresh},
+		{name: "refresh token expiring/tick", change: func(r *record) { r.RefreshTokenExpiresAt = at(15 * time.Minute) },
+			now: 5 * time.Minute, kind: tick, want: actRefresh},
+		{name: "refresh token expiring/read", change: func(r *record) { r.RefreshTokenExpiresAt = at(15 * time.Minute) },
+			now: 5 * time.Minute, kind: read, want: actNothing},
+		{name: "the floor/tick", change: func(r *record) { r.ObtainedAt = at(-55 * time.Minute) },
+			now: 5 * time.Second, kind: tick, want: actWait, wantAt: minCallInterval},
+		// backing off after failures: the engine waits, an operator does not
+		{name: "backoff/tick", change: backingOff(at), now: 55*time.Minute + 20*time.Second, kind: tick, want: actWait, wantAt: 56 * time.Minute},
+		{name: "backoff/read", change: backingOff(at), now: 55*time.Minute + 20*time.Second, kind: read, want: actWait, wantAt: 56 * time.Minute},
+		{name: "backoff/rotate", change: backingOff(at), now: 55*time.Minute + 20*time.Second, kind: rotate, want: actRefresh},
+		{name: "backoff/credential", change: backingOff(at), now: 55*time.Minute + 20*time.Second, kind: cred, want: actRefresh},
+		{name: "backoff over/tick", change: backingOff(at), now: 56 * time.Minute, kind: tick, want: actRefresh},
+		// Retry-After binds everyone
+		{name: "retry-after/rotate", change: retryAfter(at), now: 55 * time.Minute, kind: rotate, want: actWait, wantAt: 60 * time.Minute},
+		{name: "retry-after/credential", change: retryAfter(at), now: 55 * time.Minute, kind: cred, want: actWait, wantAt: 60 * time.Minute},
+		{name: "retry-after/read", change: retryAfter(at), now: 55 * time.Minute, kind: read, want: actWait, wantAt: 60 * time.Minute},
+		// a clock set back: waits set in its future are over
+		{name: "clock went back/read", change: func(r *record) {
+			r.ObtainedAt, r.LastCallAt, r.HoldUntil, r.NotBefore = at(-time.Hour), at(56*time.Minute), at(90*time.Minute), at(90*time.Minute)
+		}, now: 55 * time.Minute, kind: read, want: actRefresh},
+		// a refresh in flight: resolved once its call has surely ended, by a
+		// login when a password is stored
+		{name: "in flight/tick too soon", change: inFlight(at, true), now: 55*time.Minute + 15*time.Second, kind: tick, want: actWait,
+			wantAt: 55*time.Minute + 10*time.Second + minCallInterval},
+		{name: "in flight/tick", change: inFlight(at, true), now: 56 * time.Minute, kind: tick, want: actLogin},
+		{name: "in flight/rotate", change: inFlight(at, true), now: 56 * time.Minute, kind: rotate, want: actLogin},
+		{name: "in flight, no password/tick", change: inFlight(at, false), now: 56 * time.Minute, kind: tick, want: actRefresh},
+		{name: "in flight, token fresh/read", change: inFlight(at, true), now: 56 * time.Minute, kind: read, want: actNothing},
+		// need_login: log in, unless there is no password
+		{name: "need login/tick", change: state(stateNeedLogin), now: 5 * time.Minute, kind: tick, want: actLogin},
+		{name: "need login/read, fresh", change: state(stateNeedLogin), now: 5 * time.Minute, kind: read, want: actNothing},
+		{name: "need login/read, due", change: state(stateNeedLogin), now: 55 * time.Minute, kind: read, want: actLogin},
+		{name: "need login/rotate", change: state(stateNeedLogin), now: 5 * time.Minute, kind: rotate, want: actLogin},
+		{name: "need login/credential", change: state(stateNeedLogin), now: 5 * time.Minute, kind: cred, want: actLogin},
+		{name: "need login, no password/tick", change: noPassword(stateNeedLogin), now: 5 * time.Minute, kind: tick, want: actStop},
+		{name: "need login, no password/rotate", change: noPassword(stateNeedLogin), now: 5 * time.Minute, kind: rotate, want: actStop},
+		{name: "need login, no password/read, fresh", change: noPassword(stateNeedLogin), now: 5 * time.Minute, kind: read, want: actNothing},
+		// need_reauth: only a config write helps
+		{name: "need reauth/tick", change: state(stateNeedReauth), now: 5 * time.Minute, kind: tick, want: actStop},
+		{name: "need reauth/read, due", change: state(stateNeedReauth), now: 55 * time.Minute, kind: read, want: actStop},
+		{name: "need reauth/rotate", change: state(stateNeedReauth), now: 5 * time.Minute, kind: rotate, want: actStop},
+		{name: "need reauth/tune", change: state(stateNeedReauth), now: 5 * time.Minute, kind: tune, want: actNothing},
+		// a record storage refused: nothing until it is stored
+		{name: "unsaved/tick, due", change: unsaved, now: 55 * time.Minute, kind: tick, want: actHeld},
+		{name: "unsaved/rotate", change: unsaved, now: 5 * time.Minute, kind: rotate, want: actHeld},
+		{name: "unsaved/read, fresh", change: unsaved, now: 5 * time.Minute, kind: read, want: actNothing},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := base()
+			if tc.change != nil {
+				tc.change(r)
+			}
+			now := at(tc.now)
+			got := decide(r, now, trigger{kind: tc.kind, at: now})
+			if got.kind != tc.want || (tc.want == actWait && !got.at.Equal(at(tc.wantAt))) {
+				t.Fatalf("decide = %+v, want kind %v at %v", got, tc.want, at(tc.wantAt))
+			}
+			var rl *rateLimitedError
+			if (got.kind == actWait) != errors.As(got.err(), &rl) || got.calls() != (got.kind == actRefresh || got.kind == actLogin) {
+				t.Fatalf("err %v calls %v for %+v", got.err(), got.calls(), got)
+			}
+		})
+	}
+}
+
+func backingOff(at func(time.Duration) time.Time) func(*record) {
+	return func(r *record) {
+		r.Failures, r.LastCallAt, r.HoldUntil, r.NotBefore = 2, at(55*time.Minute), at(55*time.Minute+minCallInterval), at(56*time.Minute)
+	}
+}
+
+func retryAfter(at func(time.Duration) time.Time) func(*record) {
+	return func(r *record) {
+		r.Failures, r.LastCallAt, r.HoldUntil, r.NotBefore = 1, at(50*time.Minute), at(60*time.Minute), at(60*time.Minute)
+	}
+}
+
+func inFlight(at func(time.Duration) time.Time, password bool) func(*record) {
+	return func(r *record) {
+		r.State, r.InFlightAt, r.ObtainedAt = stateInFlight, at(55*time.Minute), at(50*time.Minute)
+		if !password {
+			r.Config.Password = ""
+		}
+	}
+}
+
+func state(s string) func(*record) {
+	return func(r *record) { r.State = s }
+}
+
+func noPassword(s string) func(*record) {
+	return func(r *record) { r.State, r.Config.Password = s, "" }
+}
+
+func unsaved(r *record) { r.unsaved = true }
+
+// TestSettle: what each kind of answer does to the record.
+func TestSettle(t *testing.T) {
+	sent, answered := testStart, testStart.Add(time.Second)
+	base := func(password string, st string) *record {
+		return &record{Config: config{Username: "u", Password: password, RefreshMargin: 10 * time.Minute, RequestTimeout: 10 * time.Second},
+			State: st, Token: "old", RefreshToken: "rt", Lifetime: time.Hour, ObtainedAt: sent.Add(-50 * time.Minute),
+			InFlightAt: sent.Add(-time.Minute), Generation: 4, Failures: 2, FailingSince: sent.Add(-10 * time.Minute)}
+	}
+	g := &grant{token: "new", refreshToken: "rt2", lifetime: time.Hour, refreshLifetime: 30 * 24 * time.Hour}
+	up := func(k failureKind) error { return &upstreamError{kind: k, op: refreshPath, detail: "x"} }
+	cases := []struct {
+		name      string
+		r         *record
+		kind      actionKind
+		g         *grant
+		err       error
+		state     string
+		failures  int
+		waitsSet  bool
+		token     string
+		interrupt bool
+	}{
+		{"refresh ok", base("pw", stateReady), actRefresh, g, nil, stateReady, 0, true, "new", false},
+		{"login ok", base("pw", stateNeedLogin), actLogin, g, nil, stateReady, 0, true, "new", false},
+		{"refresh rejected, password", base("pw", stateReady), actRefresh, nil, up(failRejected), stateNeedLogin, 2, false, "old", false},
+		{"refresh rejected, no password", base("", stateReady), actRefresh, nil, up(failRejected), stateNeedReauth, 2, false, "old", false},
+		{"refresh spent", base("pw", stateReady), actRefresh, nil, up(failSpent), stateNeedLogin, 2, false, "old", false},
+		{"interrupted refresh rejected", base("", stateInFlight), actRefresh, nil, up(failRejected), stateNeedReauth, 2, false, "old", true},
+		{"refresh unknown, password", base("pw", stateReady), actRefresh, nil, up(failUnknown), stateNeedLogin, 3, true, "old", false},
+		{"refresh unknown, no password", base("", stateReady), actRefresh, nil, up(failUnknown), stateInFlight, 3, true, "old", false},
+		{"refresh transient", base("pw", stateReady), actRefresh, nil, up(failTransient), stateReady, 3, true, "old", false},
+		{"in flight, transient", base("", stateInFlight), actRefresh, nil, up(failTransient), stateInFlight, 3, true, "old", false},
+		{"refresh salvaged", base("pw", stateReady), actRefresh, &grant{refreshToken: "rt2"}, up(failTransient), stateReady, 3, true, "old", false},
+		{"login rejected", base("pw", stateNeedLogin), actLogin, nil, up(failRejected), stateNeedReauth, 3, true, "old", false},
+		{"login transient", base("pw", stateNeedLogin), actLogin, nil, up(failTransient), stateNeedLogin, 3, true, "old", false},
+		{"client not built", base("pw", stateReady), actRefresh, nil, errors.New("ca_cert holds no certificate"), stateReady, 3, true, "old", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := settle(tc.r, tc.kind, tc.g, tc.err, sent, answered)
+			if got.State != tc.state || got.Failures != tc.failures || got.Token != tc.token {
+				t.Fatalf("state %s failures %d token %s, want %s %d %s", got.State, got.Failures, got.Token, tc.state, tc.failures, tc.token)
+			}
+			floor := tc.kind == actRefresh || tc.err != nil
+			if set := got.LastCallAt.Equal(sent); set != tc.waitsSet || (set && floor && got.HoldUntil.Before(sent.Add(minCallInterval))) {
+				t.Fatalf("waits %v %v %v, set: %v", got.LastCallAt, got.HoldUntil, got.NotBefore, tc.waitsSet)
+			}
+			if tc.failures > tc.r.Failures && got.NotBefore.Before(answered.Add(minRetryInterval)) {
+				t.Fatalf("no backoff after a failure: not before %v", got.NotBefore)
+			}
+			if tc.interrupt != strings.Contains(got.LastError, "was interrupted") {
+				t.Fatalf("last error %q", got.LastError)
+			}
+			if tc.g != nil && (got.RefreshToken != "rt2" || got.Generation != 5) {
+				t.Fatalf("new refresh token not kept: %+v", got)
+			}
+			if tc.g == nil && got.RefreshToken != "rt" {
+				t.Fatalf("refresh token changed without a grant")
+			}
+		})
+	}
+}

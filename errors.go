@@ -1,0 +1,123 @@
+package teletracker
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// errors.go holds the engine's errors and, in one place, the answer Vault
+// gives for each. No error text holds a secret: Teletracker's own words are
+// redacted before they reach an upstreamError.
+
+var (
+	// errNotConfigured: the mount has no config.
+	errNotConfigured = errors.New("teletracker is not configured: write username and password, or refresh_token, to config")
+	// errReauth: only a new credential can help; nothing is tried.
+	errReauth = errors.New("the session needs re-authentication: write password or refresh_token to config")
+	// errHeld: a record storage refused is held in memory, and the refresh
+	// token it replaced must never be sent, so nothing is called until it
+	// is stored.
+	errHeld = errors.New("a new session is held in memory because storage refused it; Teletracker is not called until it is stored")
+	// errNotStored: a new session was obtained but storage refused it.
+	errNotStored = errors.New("the new session could not be stored; it is held in memory, served, and stored before anything else")
+)
+
+// rateLimitedError says Teletracker may not be called before until.
+type rateLimitedError struct {
+	until time.Time
+}
+
+func (e *rateLimitedError) Error() string {
+	return "Teletracker may not be called before " + e.until.UTC().Format(time.RFC3339) + " (rate limit, Retry-After or backoff after failures)"
+}
+
+// inputError is a caller's mistake.
+type inputError struct {
+	error
+}
+
+func (e *inputError) Unwrap() error { return e.error }
+
+// appliedError is a note on a request that did what it asked: a warning,
+// not a failure.
+type appliedError struct {
+	error
+}
+
+func (e *appliedError) Unwrap() error { return e.error }
+
+// warnings is err as the warnings of a request that succeeded.
+func warnings(err error) []string {
+	if err == nil {
+		return nil
+	}
+	return []string{err.Error()}
+}
+
+// succeeded reports whether a request that ended with err did what it asked.
+func succeeded(err error) bool {
+	var a *appliedError
+	return err == nil || errors.As(err, &a)
+}
+
+// statusCode is the HTTP status Vault answers err with, for a request of
+// kind t: 500 for what is no one's mistake but storage's.
+func statusCode(t triggerKind, err error) int {
+	var ue *upstreamError
+	var rl *rateLimitedError
+	var in *inputError
+	switch {
+	case errors.As(err, &in), errors.Is(err, errNotConfigured), errors.Is(err, errReauth):
+		return http.StatusBadRequest
+	case errors.As(err, &rl):
+		return http.StatusTooManyRequests
+	case errors.Is(err, errHeld):
+		return http.StatusServiceUnavailable
+	case !errors.As(err, &ue):
+		return http.StatusInternalServerError
+	case ue.status == http.StatusTooManyRequests:
+		return http.StatusTooManyRequests
+	case ue.kind == failRejected && t == triggerCredential:
+		return http.StatusBadRequest
+	}
+	return http.StatusBadGateway
+}
+
+// respond is Vault's answer to a request of kind t that failed with err:
+// caller's mistakes are 400 with the message as the response's error, the
+// rest a coded error; storage failures and logical.ErrReadOnly (which makes
+// Vault forward the request) pass through.
+func respond(t triggerKind, err error) (*logical.Response, error) {
+	if errors.Is(err, logical.ErrReadOnly) {
+		return nil, err
+	}
+	code := statusCode(t, err)
+	msg := err.Error()
+	var ue *upstreamError
+	switch {
+	case t == triggerCredential && errors.As(err, &ue) && ue.kind == failRejected:
+		msg = "Teletracker refused the credentials, nothing changed: " + msg
+	case t == triggerCredential && errors.As(err, &ue) && ue.kind == failUnknown:
+		msg = "nothing changed, but a refresh_token sent may be spent: " + msg
+	case t == triggerCredential && code != http.StatusBadRequest && code != http.StatusInternalServerError:
+		msg = "nothing changed: " + msg
+	case t == triggerRotate && code != http.StatusBadRequest:
+		msg = "rotation failed: " + msg
+	}
+	switch code {
+	case http.StatusBadRequest:
+		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
+	case http.StatusInternalServerError:
+		return nil, err
+	}
+	return nil, logical.CodedError(code, msg)
+}
+
+// invalid is a caller's mistake, as an error.
+func invalid(format string, args ...any) error {
+	return &inputError{fmt.Errorf(format, args...)}
+}
