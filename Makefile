@@ -11,7 +11,7 @@ FUZZTIME    ?= 60s
 
 export VERSION
 
-.PHONY: build fakett vault test lint unit e2e dev dev-stop bench soak ha-test fuzz clean
+.PHONY: build fakett vault test lint unit rules e2e dev dev-stop bench soak ha-test fuzz clean
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
@@ -24,7 +24,7 @@ vault:
 
 # Vault's one-time build (minutes) runs beside the linters and unit tests.
 test:
-	@$(MAKE) --no-print-directory -j2 --output-sync=target vault lint unit
+	@$(MAKE) --no-print-directory -j2 --output-sync=target vault lint unit rules
 	@$(MAKE) --no-print-directory e2e
 
 lint:
@@ -35,6 +35,16 @@ lint:
 
 unit:
 	go test -race -count=1 -parallel 8 . ./internal/... ./cmd/...
+
+# The Prometheus example: the config with the alert rules it loads (its token
+# and CA files are empty stand-ins), then the rules' unit tests. promtool comes
+# from scripts/promtool.sh.
+rules:
+	@promtool=$$(scripts/promtool.sh) && dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
+	  cp examples/prometheus/prometheus.yml examples/prometheus/alerts.yml "$$dir" && \
+	  touch "$$dir/vault-token" "$$dir/vault-ca.pem" && \
+	  (cd "$$dir" && "$$promtool" check config prometheus.yml) && \
+	  "$$promtool" test rules examples/prometheus/alerts_test.yml
 
 e2e: build fakett vault
 	VAULT_BIN=$$(scripts/vault.sh) PLUGIN_BIN=$(CURDIR)/bin/$(PLUGIN) FAKETT_BIN=$(CURDIR)/bin/fakett \
