@@ -30,11 +30,9 @@ const (
 	defaultRefreshMargin  = 10 * time.Minute
 	defaultRequestTimeout = 10 * time.Second
 	maxRefreshMargin      = 24 * time.Hour
-	// maxRequestTimeout keeps a call, and a login after a rejected refresh,
-	// well under Vault's 90 s request limit.
+	// maxRequestTimeout keeps two calls well under Vault's 90 s request limit.
 	maxRequestTimeout = 30 * time.Second
-	// cleanTimeout bounds the last attempt to store a held record when the
-	// mount goes away.
+	// cleanTimeout bounds the last attempt to store a held record.
 	cleanTimeout = 5 * time.Second
 
 	// The states status reports.
@@ -59,22 +57,18 @@ type backend struct {
 	// storage is the mount's storage, for Clean, which gets none.
 	storage logical.Storage
 
-	// refreshMu is the one refresh lock. It guards every call to
-	// Teletracker, every write of the record, and client.
+	// refreshMu is the one refresh lock: every call, every write, client.
 	refreshMu sync.Mutex
 	// client is the HTTP client for the config it was built from.
 	client *client
 	// clientKey is that config's base_url, request_timeout and ca_cert.
 	clientKey string
 
-	// held is a record storage refused, until it is stored; nil when none.
-	// Written under refreshMu; read without it.
+	// held is a record storage refused, until stored; written under refreshMu.
 	held atomic.Pointer[record]
-	// snap is what token reads, status and metrics are answered from; nil
-	// until loaded, and after Invalidate.
+	// snap is what reads are answered from; nil until loaded and after Invalidate.
 	snap atomic.Pointer[snapshot]
-	// epoch counts invalidations, so a copy loaded before one is never
-	// published after it.
+	// epoch counts invalidations: a copy loaded before one is not published.
 	epoch atomic.Uint64
 }
 
@@ -152,7 +146,7 @@ func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error 
 	}
 	defer releaseIdleMemory()
 	_, err := b.apply(ctx, req.Storage, trigger{kind: triggerTick}, nil)
-	if err == nil || succeeded(err) || statusCode(triggerTick, err) != http.StatusInternalServerError {
+	if succeeded(err) || statusCode(triggerTick, err) != http.StatusInternalServerError {
 		return nil
 	}
 	return err
@@ -177,10 +171,8 @@ func (b *backend) clean(ctx context.Context) {
 	if h := b.held.Load(); h != nil && b.storage != nil && b.WriteSafeReplicationState() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanTimeout)
 		defer cancel()
-		if err := putRecord(ctx, b.storage, h); err != nil {
+		if err := b.store(ctx, b.storage, h); err != nil {
 			b.Logger().Error("a held record was lost with the mount: it could not be stored", "error", err, "generation", h.Generation)
-		} else {
-			b.held.Store(nil)
 		}
 	}
 	if b.client != nil {

@@ -521,6 +521,7 @@ func TestMigrationFromV010(t *testing.T) {
 		{"reauth", `{"identity":%q,"reauth_required":true,"refresh_rejected":true}`, stateNeedReauth, false},
 		{"foreign", `{"identity":"https://elsewhere \"demo\" 0","token":"tok"}`, stateNeedLogin, false},
 		{"no session", ``, stateNeedLogin, false},
+		{"backing off", `{"identity":%q,"token":"tok","refresh_token":"rt","lifetime":3600000000000,"obtained_at":"2026-03-01T11:50:00Z","consecutive_failures":2,"last_refresh_at":"2026-03-01T11:59:30Z","last_error_at":"2026-03-01T11:59:30Z","next_attempt_at":"2026-03-01T12:04:00Z","retry_after_until":"2026-03-01T12:02:00Z"}`, stateReady, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -545,6 +546,9 @@ func TestMigrationFromV010(t *testing.T) {
 			r := e.stored()
 			if r == nil || r.State != tc.state || (r.Token == "tok") != tc.token || r.Config != cfg {
 				t.Fatalf("migrated record %+v, want state %s", r, tc.state)
+			}
+			if tc.name == "backing off" && (r.Failures != 2 || !r.NotBefore.Equal(testStart.Add(4*time.Minute)) || !r.HoldUntil.Equal(testStart.Add(2*time.Minute))) {
+				t.Fatalf("the waits were not carried over: %+v", r)
 			}
 			for _, key := range []string{legacyConfigKey, legacySessionKey} {
 				if entry, _ := e.storage.Get(context.Background(), key); entry != nil {

@@ -20,9 +20,9 @@ import (
 )
 
 // client.go holds the Teletracker HTTP client: one login or refresh call at a
-// time, its response parsed and every failure sorted into a kind the
-// rotation logic can act on. It never retries: a refresh token is single-use,
-// so whether to send it again is rotation.go's decision, not a transport's.
+// time, its response parsed and every failure sorted into a kind settle can
+// act on. It never retries: a refresh token is single-use, so whether to send
+// it again is decide's decision, not a transport's.
 
 const (
 	maxResponseBytes = 1 << 20        // larger bodies are refused
@@ -35,19 +35,10 @@ const (
 type failureKind int
 
 const (
-	// failTransient: Teletracker did not process the call (5xx, 429,
-	// success false, no connection). The credential is as it was.
-	failTransient failureKind = iota
-	// failRejected: Teletracker refused the credential (400, 401, 403). A
-	// refresh token so refused is spent or revoked; a password is wrong.
-	failRejected
-	// failSpent: Teletracker accepted the call (2xx) but gave no usable
-	// successor refresh token: the one sent is gone.
-	failSpent
-	// failUnknown: the call may have been processed, but no answer could be
-	// read (timeout, broken connection, unreadable 2xx body): a refresh
-	// token sent may be spent.
-	failUnknown
+	failTransient failureKind = iota // not processed (5xx, 429, success false, no connection): the credential is as it was
+	failRejected                     // refused (400, 401, 403): a refresh token so refused is gone, a password wrong
+	failSpent                        // accepted (2xx) without a usable successor refresh token: the one sent is gone
+	failUnknown                      // maybe processed, answer unreadable (timeout, broken connection, bad 2xx body): may be spent
 )
 
 // The API's paths.
@@ -152,11 +143,9 @@ func newClient(cfg *config, now func() time.Time) (*client, error) {
 	}, nil
 }
 
-// certPool is the system roots plus the certificates in caPEM (nil when it
-// is empty: the TLS client then uses the system roots). caPEM must hold one
-// or more certificates and nothing else: a block that would be skipped (another
-// type, or headers) or does not parse is refused, so that ca_cert is checked
-// at write time exactly as the client uses it.
+// certPool is the system roots plus caPEM's certificates (nil for none: TLS
+// then uses the system roots). A block TLS would skip (another type, headers)
+// or cannot parse is refused: ca_cert is checked as the client uses it.
 func certPool(caPEM string) (*x509.CertPool, error) {
 	if caPEM == "" {
 		return nil, nil // the system roots, without a copy per mount
@@ -272,13 +261,10 @@ func transportError(op string, err error) *upstreamError {
 	return ue
 }
 
-// parseResponse turns one HTTP answer into a grant or an upstreamError.
-// now is only used to read an HTTP-date Retry-After; secret (the password or
-// refresh token sent) is redacted from any text Teletracker sends back.
-//
-// A 200 answer that is not a complete session is a failed call, but if it
-// still carries a refresh token the grant comes back beside the error: the
-// token that was sent is spent, and this one is the only way on.
+// parseResponse turns one HTTP answer into a grant or an upstreamError; now
+// reads an HTTP-date Retry-After, secret is redacted from Teletracker's text.
+// A 2xx answer that is not a complete session is a failed call, but one that
+// carries a refresh token returns it beside the error: it is the way on.
 func parseResponse(status int, retryAfter string, body []byte, now time.Time, secret string) (*grant, error) {
 	var sb sessionBody
 	decodeErr := json.Unmarshal(body, &sb)
@@ -287,7 +273,7 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 		decodeErr = nil // a field of the wrong type is left empty, and judged below
 	}
 
-	if !accepted(status) {
+	if status < 200 || status > 299 { // any 2xx is processed, though the API documents 200
 		ue := &upstreamError{kind: failTransient, status: status}
 		switch {
 		case status == http.StatusBadRequest || status == http.StatusUnauthorized || status == http.StatusForbidden:
@@ -344,12 +330,6 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 		return g, ue
 	}
 	return g, nil
-}
-
-// accepted reports whether status says Teletracker processed the call
-// (any 2xx, though the API documents 200).
-func accepted(status int) bool {
-	return status >= 200 && status <= 299
 }
 
 // refreshLifetime is how long the refresh token lives from the send time:

@@ -29,17 +29,11 @@ const (
 type triggerKind int
 
 const (
-	// triggerTick is Vault's periodic tick: refresh ahead of need.
-	triggerTick triggerKind = iota
-	// triggerRead is a token read that found the token due.
-	triggerRead
-	// triggerRotate is an operator asking for a new token.
-	triggerRotate
-	// triggerCredential is a config write that brings a password or a
-	// refresh token, or changes the account: it calls at once.
-	triggerCredential
-	// triggerTune is a config write of other fields: it never calls.
-	triggerTune
+	triggerTick       triggerKind = iota // Vault's periodic tick: refresh ahead of need
+	triggerRead                          // a token read that found the token due
+	triggerRotate                        // an operator asking for a new token
+	triggerCredential                    // a config write with a password, a refresh token or a new account: calls at once
+	triggerTune                          // a config write of other fields: never calls
 )
 
 // trigger is one request to bring the record up to date.
@@ -49,8 +43,7 @@ type trigger struct {
 	at time.Time
 }
 
-// operator reports whether t is an operator's deliberate act, held back by
-// HoldUntil (the floor and Retry-After) but not by the backoff.
+// operator reports whether t is an operator's act: held back by HoldUntil.
 func (t trigger) operator() bool {
 	return t.kind == triggerRotate || t.kind == triggerCredential
 }
@@ -59,19 +52,12 @@ func (t trigger) operator() bool {
 type actionKind int
 
 const (
-	// actNothing: nothing is due.
-	actNothing actionKind = iota
-	// actWait: a call is wanted, but not before action.at.
-	actWait
-	// actStop: a call is wanted, but only an operator can help.
-	actStop
-	// actHeld: a call is wanted, but a record storage refused must be
-	// stored first, or the refresh token it replaced could be sent again.
-	actHeld
-	// actRefresh: send /auth/refresh with the record's refresh token.
-	actRefresh
-	// actLogin: log in with the stored password.
-	actLogin
+	actNothing actionKind = iota // nothing is due
+	actWait                      // a call is wanted, but not before action.at
+	actStop                      // a call is wanted, but only an operator can help
+	actHeld                      // a call is wanted, but a record storage refused must be stored first
+	actRefresh                   // send /auth/refresh with the record's refresh token
+	actLogin                     // log in with the stored password
 )
 
 // action is decide's answer.
@@ -136,10 +122,9 @@ func decide(r *record, now time.Time, t trigger) action {
 	return action{kind: kind}
 }
 
-// wants reports whether t wants a new token for r at now. An operator wants
-// one newer than the request; a read, one that is not due; a tick looks one
-// tick ahead, so that reads do not find the token due in the normal case,
-// and a session never lapses for lack of reads.
+// wants reports whether t wants a new token for r at now: an operator one
+// newer than the request, a read one not due; a tick looks a tick ahead, so
+// that reads do not find the token due and no session lapses for lack of them.
 func (r *record) wants(now time.Time, t trigger) bool {
 	switch {
 	case t.kind == triggerTune:
@@ -156,10 +141,9 @@ func (r *record) wants(now time.Time, t trigger) bool {
 		(!r.RefreshTokenExpiresAt.IsZero() && !ahead.Add(r.Config.RefreshMargin).Before(r.RefreshTokenExpiresAt))
 }
 
-// wait is until, the end of a wait set at setAt, unless the clock is now
-// behind setAt: then it went back since, and the wait is over, so that a
-// clock set back cannot stop calls for as long as it jumped. (One call may
-// then come early; it sets new waits on the new clock.)
+// wait is until, the end of a wait set at setAt, unless the clock went back
+// behind setAt since: then the wait is over, so that a clock set back cannot
+// stop calls for as long as it jumped (one call may come early).
 func wait(now, setAt, until time.Time) time.Time {
 	if setAt.After(now) {
 		return time.Time{}
@@ -199,24 +183,34 @@ func (r *record) marked(sentAt time.Time) *record {
 // g or err (g may come with err: a new refresh token in a faulty answer).
 func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Time) *record {
 	next := *r
-	if err == nil {
-		next.take(g, sentAt)
-		next.Failures, next.FailingSince = 0, time.Time{}
-		next.limit(sentAt, now, 0, kind == actRefresh)
+	if g != nil {
+		// A new refresh token: the one sent is spent, this is the way on.
+		next.State, next.InFlightAt, next.RefreshToken = stateReady, time.Time{}, g.refreshToken
+		next.RefreshTokenExpiresAt = time.Time{}
+		if g.refreshLifetime > 0 {
+			next.RefreshTokenExpiresAt = sentAt.Add(g.refreshLifetime)
+		}
+		next.Generation++
 		if kind == actRefresh {
 			next.RefreshCount++
 		}
+	}
+	if err == nil {
+		next.Token, next.Lifetime, next.ObtainedAt = g.token, g.lifetime, sentAt
+		next.Failures, next.FailingSince = 0, time.Time{}
+		next.limit(sentAt, now, 0, kind == actRefresh)
 		return &next
 	}
 	var ue *upstreamError
 	if !errors.As(err, &ue) {
-		ue = &upstreamError{kind: failTransient, detail: err.Error()}
+		ue = &upstreamError{kind: failTransient}
 	}
-	if kind == actRefresh && (ue.kind == failRejected || ue.kind == failSpent) && g == nil {
+	next.LastError, next.LastErrorAt = err.Error(), sentAt
+	if kind == actRefresh && (ue.kind == failRejected || ue.kind == failSpent) {
 		// An answer, not a failure: the refresh token is gone. Log in at
 		// once if a password is stored (the waits stay as they were).
 		next.State, next.InFlightAt = stateNeedLogin, time.Time{}
-		next.LastError, next.LastErrorAt = "refresh token no longer usable: "+err.Error(), sentAt
+		next.LastError = "refresh token no longer usable: " + err.Error()
 		if r.State == stateInFlight {
 			next.LastError = fmt.Sprintf("a refresh started at %s was interrupted (its result was never stored), and Teletracker now refuses its refresh token: %s",
 				r.InFlightAt.UTC().Format(time.RFC3339), err.Error())
@@ -227,22 +221,14 @@ func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Ti
 		}
 		return &next
 	}
-
 	next.Failures++
 	if next.Failures == 1 {
 		next.FailingSince = sentAt
 	}
-	next.LastError, next.LastErrorAt = err.Error(), sentAt
 	next.limit(sentAt, now, ue.retryAfter, true)
 	next.NotBefore = later(next.NotBefore, now.Add(backoff(next.Failures)))
 	switch {
 	case g != nil:
-		// The answer carried a new refresh token: the one sent is spent
-		// and this is the session's only way on. The bearer token stays.
-		next.Generation++
-		next.RefreshCount++
-		next.State, next.InFlightAt, next.RefreshToken = stateReady, time.Time{}, g.refreshToken
-		next.RefreshTokenExpiresAt = expiry(sentAt, g.refreshLifetime)
 	case kind == actLogin && ue.kind == failRejected:
 		next.State = stateNeedReauth
 		next.LastError = "the stored password was rejected: " + err.Error() + "; write password or refresh_token to config"
@@ -256,9 +242,8 @@ func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Ti
 	return &next
 }
 
-// refused is prev (nil when there was none) after a config write whose
-// call, sent at sentAt and answered at now with err, failed: only the waits
-// change, so that the write is held back by the floor and a Retry-After.
+// refused is prev (nil if none) after a config write whose call, sent at
+// sentAt and answered at now with err, failed: only the waits change.
 func refused(prev *record, sentAt, now time.Time, err error) *record {
 	next := &record{}
 	if prev != nil {
@@ -275,17 +260,8 @@ func refused(prev *record, sentAt, now time.Time, err error) *record {
 	return next
 }
 
-// take makes g, obtained by a call sent at sentAt, the record's session.
-func (r *record) take(g *grant, sentAt time.Time) {
-	r.State, r.InFlightAt = stateReady, time.Time{}
-	r.Token, r.RefreshToken, r.Lifetime, r.ObtainedAt = g.token, g.refreshToken, g.lifetime, sentAt
-	r.RefreshTokenExpiresAt = expiry(sentAt, g.refreshLifetime)
-	r.Generation++
-}
-
-// limit sets the waits after a call sent at sentAt and answered at now,
-// which asked for retryAfter (0 if it did not): the floor when floor is set,
-// and the Retry-After.
+// limit sets the waits after a call sent at sentAt and answered at now: the
+// floor (when floor is set) and Retry-After (when retryAfter is not 0).
 func (r *record) limit(sentAt, now time.Time, retryAfter time.Duration, floor bool) {
 	r.LastCallAt, r.HoldUntil = sentAt, sentAt
 	if floor {
@@ -295,12 +271,4 @@ func (r *record) limit(sentAt, now time.Time, retryAfter time.Duration, floor bo
 		r.HoldUntil = later(r.HoldUntil, now.Add(retryAfter))
 	}
 	r.NotBefore = r.HoldUntil
-}
-
-// expiry is sentAt plus lifetime, or zero when the lifetime is unknown.
-func expiry(sentAt time.Time, lifetime time.Duration) time.Time {
-	if lifetime <= 0 {
-		return time.Time{}
-	}
-	return sentAt.Add(lifetime)
 }

@@ -50,14 +50,6 @@ type appliedError struct {
 
 func (e *appliedError) Unwrap() error { return e.error }
 
-// warnings is err as the warnings of a request that succeeded.
-func warnings(err error) []string {
-	if err == nil {
-		return nil
-	}
-	return []string{err.Error()}
-}
-
 // succeeded reports whether a request that ended with err did what it asked.
 func succeeded(err error) bool {
 	var a *appliedError
@@ -88,9 +80,8 @@ func statusCode(t triggerKind, err error) int {
 }
 
 // respond is Vault's answer to a request of kind t that failed with err:
-// caller's mistakes are 400 with the message as the response's error, the
-// rest a coded error; storage failures and logical.ErrReadOnly (which makes
-// Vault forward the request) pass through.
+// caller's mistakes are 400 error responses, the rest coded errors; storage
+// failures and logical.ErrReadOnly (Vault then forwards) pass through.
 func respond(t triggerKind, err error) (*logical.Response, error) {
 	if errors.Is(err, logical.ErrReadOnly) {
 		return nil, err

@@ -24,10 +24,8 @@ var heapMetrics = []string{
 }
 
 // releaseIdleMemory collects garbage and returns free memory to the OS when
-// more than maxIdleHeap of the heap could be reclaimed. It is called on
-// Vault's tick, once a minute per mount; it does nothing when the heap
-// holds little beyond its live objects, as it does once a burst is over and
-// one call has released it.
+// more than maxIdleHeap of the heap could be reclaimed. Called on every tick,
+// it does nothing once a burst is over and one call has released it.
 func releaseIdleMemory() {
 	sample := make([]metrics.Sample, len(heapMetrics))
 	for i, name := range heapMetrics {

@@ -48,22 +48,18 @@ func pathConfig(b *backend) *framework.Path {
 				Description: "Teletracker user to log in as.",
 			},
 			"password": {
-				Type:        framework.TypeString,
-				Description: "Password of username. Write-only; stored so the engine can log in again when the session is lost. An empty value removes it.",
-				DisplayAttrs: &framework.DisplayAttributes{
-					Sensitive: true,
-				},
+				Type:         framework.TypeString,
+				Description:  "Password of username. Write-only; stored so the engine can log in again when the session is lost. An empty value removes it.",
+				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
 			},
 			"account_id": {
 				Type:        framework.TypeInt,
 				Description: "Teletracker account to log in to, when the user can reach several. 0 removes it.",
 			},
 			"refresh_token": {
-				Type:        framework.TypeString,
-				Description: "Write-only. Seeds an existing Teletracker session instead of logging in; spent at once for a fresh token.",
-				DisplayAttrs: &framework.DisplayAttributes{
-					Sensitive: true,
-				},
+				Type:         framework.TypeString,
+				Description:  "Write-only. Seeds an existing Teletracker session instead of logging in; spent at once for a fresh token.",
+				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
 			},
 			"refresh_margin": {
 				Type:        framework.TypeDurationSecond,
@@ -165,11 +161,9 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	}}, nil
 }
 
-// pathConfigWrite merges the fields sent into the stored config. A write
-// that brings a password or a refresh token, or changes where or as whom the
-// engine logs in, is a credential: the new session is established through
-// the one spend path before anything is kept, and the write is all or
-// nothing, whatever its caller does once the credential is sent.
+// pathConfigWrite merges the fields sent into the stored config through the
+// one spend path. A write with a credential establishes the new session
+// first, all or nothing, whatever its caller does once it is sent.
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	asked := b.now()
 	t := trigger{kind: triggerTune}
@@ -185,32 +179,21 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	b.Logger().Info("config written", "credential", t.kind == triggerCredential)
 	if err != nil {
-		return &logical.Response{Warnings: warnings(err)}, nil
+		return &logical.Response{Warnings: []string{err.Error()}}, nil
 	}
 	return nil, nil
 }
 
-// pathConfigDelete removes the config and the session. The waits set by
-// past calls stay, alone in the record, so that deleting and writing again
-// in a loop cannot make a storm.
+// pathConfigDelete removes the config and the session, through the one
+// spend path like any write. The waits set by past calls stay, alone in the
+// record, so that deleting and writing again in a loop cannot make a storm.
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	b.refreshMu.Lock()
-	defer b.refreshMu.Unlock()
-	r, err := b.load(ctx, req.Storage)
-	if err != nil {
-		return nil, err
+	t := trigger{kind: triggerTune}
+	if _, err := b.apply(ctx, req.Storage, t, func(prev *record) (*record, trigger, error) {
+		return prev.waitsOnly(), t, nil
+	}); err != nil {
+		return respond(t.kind, err)
 	}
-	if r != nil {
-		err = putRecord(ctx, req.Storage, r.waitsOnly())
-	}
-	if err == nil {
-		err = deleteLegacy(ctx, req.Storage)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("deleting the config failed, nothing changed: %w", err)
-	}
-	b.held.Store(nil)
-	b.snap.Store(nil)
 	b.Logger().Info("config and session deleted")
 	return nil, nil
 }
@@ -309,22 +292,13 @@ func parseBaseURL(raw string) (string, error) {
 	switch u.Scheme {
 	case "https":
 	case "http":
-		if !isLoopback(u.Hostname()) {
+		if ip := net.ParseIP(u.Hostname()); !strings.EqualFold(u.Hostname(), "localhost") && (ip == nil || !ip.IsLoopback()) {
 			return "", invalid("base_url must use https://; http:// is only accepted for loopback hosts (127.0.0.0/8, ::1, localhost)")
 		}
 	default:
 		return "", invalid("base_url must use https://")
 	}
 	return strings.TrimRight(u.String(), "/"), nil
-}
-
-// isLoopback reports whether host is localhost or a loopback IP address.
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 const pathConfigHelpSyn = `Configure the Teletracker account whose session this mount keeps alive.`

@@ -3,7 +3,6 @@ package teletracker
 import (
 	"context"
 	"net/http"
-	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -50,14 +49,14 @@ func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *
 	if !succeeded(err) {
 		return respond(triggerRotate, err)
 	}
-	return &logical.Response{
-		Data: map[string]interface{}{
-			"expires_at":          r.expiresAt().UTC().Format(time.RFC3339),
-			"last_vault_rotation": r.ObtainedAt.UTC().Format(time.RFC3339),
-			"next_vault_rotation": r.refreshAt().UTC().Format(time.RFC3339),
-		},
-		Warnings: warnings(err),
-	}, nil
+	st := newSnapshot(r, b.now())
+	resp := &logical.Response{Data: map[string]interface{}{
+		"expires_at": st.expiresAtText, "last_vault_rotation": st.lastRotation, "next_vault_rotation": st.nextRotation,
+	}}
+	if err != nil {
+		resp.AddWarning(err.Error())
+	}
+	return resp, nil
 }
 
 const pathRotateHelpSyn = `Replace the Teletracker bearer token now.`

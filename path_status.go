@@ -58,41 +58,34 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 	if err != nil {
 		return nil, err
 	}
-	data := map[string]interface{}{"state": stateUnconfigured}
-	for k, f := range statusResponseFields {
-		if k != "state" && f.Type == framework.TypeString {
-			data[k] = ""
+	now, state, nextAttempt := b.now(), stateUnconfigured, time.Time{}
+	if r.configured() {
+		state = r.health()
+		act := decide(r, now, trigger{kind: triggerTick})
+		if (r.Failures > 0 || r.State != stateReady) && (act.kind == actWait || act.calls()) {
+			nextAttempt = later(act.at, now) // when the wait ends, or now
 		}
+	} else {
+		r = &record{}
 	}
-	data["consecutive_failures"] = 0
-	data["refresh_count"] = int64(0)
-	data["token_valid"] = false
-	data["unsaved"] = false
-	if !r.configured() {
-		return &logical.Response{Data: data}, nil
+	tok := r // the times of the bearer token, when one is held
+	if r.Token == "" {
+		tok = &record{}
 	}
-	data["state"] = r.health()
-	data["unsaved"] = r.unsaved
-	data["token_valid"] = r.valid(b.now())
-	if r.Token != "" {
-		data["expires_at"] = timeText(r.expiresAt())
-		data["last_vault_rotation"] = timeText(r.ObtainedAt)
-		data["next_vault_rotation"] = timeText(r.refreshAt())
-	}
-	data["refresh_token_expires_at"] = timeText(r.RefreshTokenExpiresAt)
-	data["last_error"] = r.LastError
-	data["last_error_at"] = timeText(r.LastErrorAt)
-	data["consecutive_failures"] = r.Failures
-	data["refresh_count"] = r.RefreshCount
-	if act := decide(r, b.now(), trigger{kind: triggerTick}); r.Failures > 0 || r.State != stateReady {
-		switch act.kind {
-		case actWait:
-			data["next_attempt_at"] = timeText(act.at)
-		case actRefresh, actLogin:
-			data["next_attempt_at"] = timeText(b.now())
-		}
-	}
-	return &logical.Response{Data: data}, nil
+	return &logical.Response{Data: map[string]interface{}{
+		"state":                    state,
+		"expires_at":               timeText(tok.expiresAt()),
+		"refresh_token_expires_at": timeText(r.RefreshTokenExpiresAt),
+		"last_vault_rotation":      timeText(tok.ObtainedAt),
+		"next_vault_rotation":      timeText(tok.refreshAt()),
+		"next_attempt_at":          timeText(nextAttempt),
+		"token_valid":              r.valid(now),
+		"last_error":               r.LastError,
+		"last_error_at":            timeText(r.LastErrorAt),
+		"consecutive_failures":     r.Failures,
+		"refresh_count":            r.RefreshCount,
+		"unsaved":                  r.unsaved,
+	}}, nil
 }
 
 // timeText is t in RFC 3339, or empty when t is zero.

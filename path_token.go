@@ -12,21 +12,14 @@ import (
 )
 
 // snapshot is what token reads, status and metrics are answered from: one
-// record as of its last change, prepared once under the refresh lock, so
-// that a read takes no lock, touches no storage, and allocates little beyond
-// its response.
+// record, prepared once under the refresh lock, so that a read takes no lock,
+// touches no storage, and allocates little beyond its response.
 type snapshot struct {
 	// rec is the record; never changed once published.
 	rec *record
-	// expiresAt is when the bearer token expires.
-	expiresAt time.Time
-	// refreshAt is when the token is due for replacement (next_vault_rotation).
-	refreshAt time.Time
-	// actAt: before it, a read is answered from here alone; from it, a read
-	// brings the record up to date first (it is due and may be replaced).
+	// actAt: before it a read is answered from here alone, not after.
 	actAt time.Time
-	// problem says what is wrong with the session, empty when healthy; it
-	// is a read's warning while the token is valid and its error after.
+	// problem is a read's warning while the token is valid, its error after.
 	problem string
 
 	// The response values, boxed once.
@@ -57,18 +50,16 @@ func (b *backend) publish(epoch uint64, r *record) {
 func newSnapshot(r *record, now time.Time) *snapshot {
 	st := &snapshot{
 		rec:            r,
-		expiresAt:      r.expiresAt(),
-		refreshAt:      r.refreshAt(),
 		token:          r.Token,
 		expiresAtText:  r.expiresAt().UTC().Format(time.RFC3339),
 		lastRotation:   r.ObtainedAt.UTC().Format(time.RFC3339),
 		rotationPeriod: int64((r.Lifetime - r.margin()) / time.Second),
 	}
-	st.nextRotation = st.refreshAt.UTC().Format(time.RFC3339)
+	st.nextRotation = r.refreshAt().UTC().Format(time.RFC3339)
 	act := decide(r, now, trigger{kind: triggerRead})
 	switch act.kind {
 	case actNothing:
-		st.actAt = st.refreshAt
+		st.actAt = r.refreshAt()
 	case actWait:
 		st.actAt = act.at
 	case actHeld:
@@ -90,10 +81,9 @@ func newSnapshot(r *record, now time.Time) *snapshot {
 	return st
 }
 
-// peek answers a read from storage without the refresh lock, for when
-// another caller holds it and no snapshot is published (after a restart or
-// an Invalidate): a token that is still valid is served rather than waiting
-// on Teletracker. It returns nil when it cannot answer.
+// peek answers a read with a valid token from storage, without the lock, for
+// when another caller holds it and no snapshot is published (after a restart
+// or Invalidate). It returns nil when it cannot.
 func (b *backend) peek(ctx context.Context, storage logical.Storage, now time.Time) *logical.Response {
 	r, err := b.peekRecord(ctx, storage)
 	if err != nil || !r.configured() || !r.valid(now) {
@@ -106,7 +96,7 @@ func (b *backend) peek(ctx context.Context, storage logical.Storage, now time.Ti
 // the session has a problem, or an error once it has expired. cause is why
 // the last attempt to bring it up to date failed, if it did.
 func (st *snapshot) answer(now time.Time, cause error) (*logical.Response, error) {
-	if now.Before(st.expiresAt) && st.token != "" {
+	if st.rec.valid(now) {
 		resp := st.response(now)
 		if cause != nil && st.problem == "" {
 			resp.AddWarning("the token could not be brought up to date: " + cause.Error())
@@ -131,12 +121,12 @@ func (st *snapshot) answer(now time.Time, cause error) (*logical.Response, error
 // ttl is the number of seconds until the engine will have replaced the
 // token: at least 1, and never past its expiry.
 func (st *snapshot) ttl(now time.Time) int64 {
-	end := st.refreshAt
+	end := st.rec.refreshAt()
 	if !now.Before(end) {
 		end = st.actAt
 	}
-	if st.expiresAt.Before(end) {
-		end = st.expiresAt
+	if exp := st.rec.expiresAt(); exp.Before(end) {
+		end = exp
 	}
 	return max(int64(end.Sub(now)/time.Second), 1)
 }
@@ -196,18 +186,17 @@ var tokenResponseFields = map[string]*framework.FieldSchema{
 	"next_vault_rotation": {Type: framework.TypeString, Required: true, Description: "When this token will be replaced at the latest (RFC 3339)."},
 }
 
-// pathTokenRead answers from the snapshot when it can. Otherwise it takes
-// the refresh lock and brings the record up to date first, except that a
-// read never waits for another caller holding the lock while a valid token
-// is known, in memory or in storage: it is answered with that token. Should
-// bringing it up to date fail, a token still valid is served, with a warning.
+// pathTokenRead answers from the snapshot when it can, else brings the record
+// up to date first under the refresh lock. It never waits for another holder
+// of the lock while a valid token is known (in memory or in storage), and a
+// valid token is served, with a warning, when bringing it up to date fails.
 func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	st := b.snap.Load()
 	now := b.now()
 	switch {
 	case st != nil && now.Before(st.actAt):
 		return st.answer(now, nil)
-	case st != nil && now.Before(st.expiresAt):
+	case st != nil && st.rec.valid(now):
 		if !b.refreshMu.TryLock() {
 			return st.answer(now, nil)
 		}
@@ -219,24 +208,20 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *fr
 			b.refreshMu.Lock()
 		}
 	}
-	_, err := b.applyLocked(ctx, req.Storage, trigger{kind: triggerRead}, nil)
+	r, err := b.applyLocked(ctx, req.Storage, trigger{kind: triggerRead}, nil)
 	b.refreshMu.Unlock()
 	now = b.now()
-	switch cur := b.snap.Load(); {
-	case errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured):
-		return respond(triggerRead, err)
-	case cur != nil:
-		return cur.answer(now, err)
-	case st != nil:
-		return st.answer(now, err)
-	case err == nil:
-		// Invalidate dropped what was just published: another node wrote.
-		if resp := b.peek(ctx, req.Storage, now); resp != nil {
-			return resp, nil
-		}
-		err = errors.New("the session changed in storage while it was read; read again")
+	cur := b.snap.Load()
+	if cur == nil && r.configured() {
+		cur = newSnapshot(r, now) // Invalidate dropped what was just published
 	}
-	return respond(triggerRead, err)
+	if cur == nil {
+		cur = st
+	}
+	if cur == nil || errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured) {
+		return respond(triggerRead, err)
+	}
+	return cur.answer(now, err)
 }
 
 const pathTokenHelpSyn = `Read the current Teletracker bearer token.`

@@ -2,7 +2,6 @@ package teletracker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -15,18 +14,10 @@ import (
 
 // The states of a record's session.
 const (
-	// stateReady: the refresh token is believed live.
-	stateReady = "ready"
-	// stateInFlight: /auth/refresh was sent with the refresh token and its
-	// outcome was never learned (Vault stopped, or the call timed out): the
-	// token may be spent.
-	stateInFlight = "in_flight"
-	// stateNeedLogin: the refresh token is no longer usable; the next call
-	// logs in with the stored password.
-	stateNeedLogin = "need_login"
-	// stateNeedReauth: nothing the engine can try will help; only a config
-	// write with a password or refresh_token can.
-	stateNeedReauth = "need_reauth"
+	stateReady      = "ready"       // the refresh token is believed live
+	stateInFlight   = "in_flight"   // a refresh was sent and its outcome never learned: the refresh token may be spent
+	stateNeedLogin  = "need_login"  // the refresh token is no longer usable: log in with the stored password
+	stateNeedReauth = "need_reauth" // nothing the engine can try helps; only a config write can
 )
 
 // record is a mount's configuration, session and record of attempts, stored
@@ -46,29 +37,23 @@ type record struct {
 	RefreshToken string `json:"refresh_token,omitempty"`
 	// Lifetime is the bearer token's lifetime as Teletracker reported it.
 	Lifetime time.Duration `json:"lifetime,omitempty"`
-	// ObtainedAt is when the call that returned Token was sent (Vault's
-	// clock); the token expires Lifetime after it.
+	// ObtainedAt is when the call that returned Token was sent (Vault's clock).
 	ObtainedAt time.Time `json:"obtained_at,omitzero"`
-	// RefreshTokenExpiresAt is when RefreshToken expires on Vault's clock;
-	// zero when Teletracker did not say.
+	// RefreshTokenExpiresAt is when RefreshToken expires; zero if unknown.
 	RefreshTokenExpiresAt time.Time `json:"refresh_token_expires_at,omitzero"`
 	// Generation increases with every refresh token the session gets.
 	Generation uint64 `json:"generation"`
 	// RefreshCount counts the refreshes Teletracker performed for the mount.
 	RefreshCount int64 `json:"refresh_count"`
 
-	// LastCallAt is when the last call to Teletracker was sent. A clock
-	// that is now behind it went back, and the waits below are read
-	// relative to it (see wait).
+	// LastCallAt is when the last call was sent; the waits below date from it.
 	LastCallAt time.Time `json:"last_call_at,omitzero"`
-	// NotBefore binds the engine's own calls (tick, read): the floor after
-	// a call, the backoff after a failure, a Retry-After.
+	// NotBefore binds the engine's own calls: floor, backoff, Retry-After.
 	NotBefore time.Time `json:"not_before,omitzero"`
-	// HoldUntil binds every call, an operator's too (rotate, a config
-	// write): the floor after a call and a Retry-After.
+	// HoldUntil binds every call, an operator's too: floor, Retry-After.
 	HoldUntil time.Time `json:"hold_until,omitzero"`
 	// Failures counts failed attempts since the last success.
-	Failures int `json:"failures,omitempty"`
+	Failures int `json:"consecutive_failures,omitempty"`
 	// FailingSince is when the first of them was sent.
 	FailingSince time.Time `json:"failing_since,omitzero"`
 	// LastError is the last failure, free of secrets; kept after a success.
@@ -76,13 +61,11 @@ type record struct {
 	// LastErrorAt is when it happened.
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 
-	// unsaved is set on a record storage refused: it is held in memory,
-	// served, and stored before anything else is done.
+	// unsaved is set on a record storage refused (see backend.held).
 	unsaved bool
 }
 
-// configured reports whether r holds a config; a record without one keeps
-// only the waits of past calls (see waitsOnly).
+// configured reports whether r holds a config (else at most waitsOnly).
 func (r *record) configured() bool {
 	return r != nil && r.State != ""
 }
@@ -90,6 +73,9 @@ func (r *record) configured() bool {
 // waitsOnly is what stays of r once its config is deleted: the waits set by
 // past calls, so that deleting and writing again cannot make a storm.
 func (r *record) waitsOnly() *record {
+	if r == nil {
+		return &record{}
+	}
 	return &record{LastCallAt: r.LastCallAt, NotBefore: r.NotBefore, HoldUntil: r.HoldUntil}
 }
 
@@ -133,9 +119,8 @@ func (r *record) health() string {
 	return stateHealthy
 }
 
-// getRecord returns the stored record, or nil, nil when the mount is not
-// configured. A mount still in the v0.1.0 layout is read from it (see
-// fromV010); the caller that may write stores it in the new one.
+// getRecord returns the stored record, nil when there is none. A mount still
+// in the v0.1.0 layout is read from it; legacy says so.
 func getRecord(ctx context.Context, s logical.Storage) (r *record, legacy bool, err error) {
 	if r, err = getEntry[record](ctx, s, recordKey); err != nil || r != nil {
 		return r, false, err
@@ -173,9 +158,8 @@ func deleteLegacy(ctx context.Context, s logical.Storage) error {
 	return nil
 }
 
-// peekRecord is the record as this node knows it, without the refresh
-// lock: the one held in memory, else the one token reads are served from,
-// else the stored one.
+// peekRecord is the record as this node knows it, without the refresh lock:
+// the held one, else the snapshot's, else the stored one.
 func (b *backend) peekRecord(ctx context.Context, storage logical.Storage) (*record, error) {
 	if r := b.held.Load(); r != nil {
 		return r, nil
@@ -204,52 +188,36 @@ func getEntry[T any](ctx context.Context, s logical.Storage, key string) (*T, er
 	return v, nil
 }
 
-// legacySession is the v0.1.0 session entry, as far as it carries over.
+// legacySession is the v0.1.0 session entry. The fields it shares with the
+// record have the same names, and are decoded into it.
 type legacySession struct {
-	Identity              string         `json:"identity"`
-	Token                 string         `json:"token"`
-	RefreshToken          string         `json:"refresh_token"`
-	Lifetime              time.Duration  `json:"lifetime"`
-	ObtainedAt            time.Time      `json:"obtained_at"`
-	RefreshTokenExpiresAt time.Time      `json:"refresh_token_expires_at"`
-	Generation            uint64         `json:"generation"`
-	RefreshCount          int64          `json:"refresh_count"`
-	LastRefreshAt         time.Time      `json:"last_refresh_at"`
-	Pending               *legacyPending `json:"pending"`
-	ConsecutiveFailures   int            `json:"consecutive_failures"`
-	FailingSince          time.Time      `json:"failing_since"`
-	LastError             string         `json:"last_error"`
-	LastErrorAt           time.Time      `json:"last_error_at"`
-	NextAttemptAt         time.Time      `json:"next_attempt_at"`
-	RetryAfterUntil       time.Time      `json:"retry_after_until"`
-	RefreshRejected       bool           `json:"refresh_rejected"`
-	ReauthRequired        bool           `json:"reauth_required"`
+	record
+	Identity      string    `json:"identity"`
+	LastRefreshAt time.Time `json:"last_refresh_at"`
+	NextAttemptAt time.Time `json:"next_attempt_at"`
+	Pending       *struct {
+		StartedAt time.Time `json:"started_at"`
+	} `json:"pending"`
+	RetryAfterUntil time.Time `json:"retry_after_until"`
+	RefreshRejected bool      `json:"refresh_rejected"`
+	ReauthRequired  bool      `json:"reauth_required"`
 }
-
-// legacyPending is the v0.1.0 marker of a refresh in flight.
-type legacyPending struct {
-	StartedAt time.Time `json:"started_at"`
-}
-
-// errLegacyForeign is the last error of a v0.1.0 session that belonged to
-// another config than the one stored beside it (a write failed half-way).
-var errLegacyForeign = errors.New("the stored session belonged to another base_url, username or account_id than the config")
 
 // fromV010 is the record for a v0.1.0 config and session (nil when none was
-// stored). Its three flags become one state, and its waits two times.
+// stored). Its three flags become one state, and its waits two times. A
+// session that belonged to another config (a write failed half-way) is
+// dropped: its refresh token is never sent where it did not come from.
 func fromV010(cfg *config, s *legacySession) *record {
-	r := &record{Config: *cfg, State: stateNeedLogin, LastError: "no session was stored"}
 	if s == nil {
-		return r
+		return &record{Config: *cfg, State: stateNeedLogin, LastError: "no session was stored"}
 	}
-	r.Generation, r.RefreshCount = s.Generation, s.RefreshCount
-	r.Failures, r.FailingSince, r.LastError, r.LastErrorAt = s.ConsecutiveFailures, s.FailingSince, s.LastError, s.LastErrorAt
+	r := s.record
+	r.Config = *cfg
 	if s.Identity != cfg.identity() {
-		r.LastError = errLegacyForeign.Error()
-		return r
+		r.Token, r.RefreshToken, r.State = "", "", stateNeedLogin
+		r.LastError = "the stored session belonged to another base_url, username or account_id than the config"
+		return &r
 	}
-	r.Token, r.RefreshToken, r.Lifetime, r.ObtainedAt = s.Token, s.RefreshToken, s.Lifetime, s.ObtainedAt
-	r.RefreshTokenExpiresAt = s.RefreshTokenExpiresAt
 	r.LastCallAt = later(s.LastRefreshAt, s.LastErrorAt)
 	r.HoldUntil = later(r.LastCallAt.Add(minCallInterval), s.RetryAfterUntil)
 	r.NotBefore = later(r.HoldUntil, s.NextAttemptAt)
@@ -263,5 +231,5 @@ func fromV010(cfg *config, s *legacySession) *record {
 	default:
 		r.State = stateReady
 	}
-	return r
+	return &r
 }

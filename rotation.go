@@ -14,15 +14,12 @@ import (
 // result → publish. decide.go says when; this file only does it.
 
 const (
-	// maxCalls bounds the calls of one apply: a refresh, and the login that
-	// follows at once when Teletracker rejects the refresh token.
+	// maxCalls bounds one apply: a refresh, and the login after a rejection.
 	maxCalls = 2
-	// applyTimeout bounds one apply once it no longer listens to its caller:
-	// two calls of at most maxRequestTimeout and the storage around them,
-	// under Vault's 90 s request limit.
+	// applyTimeout bounds an apply detached from its caller: two calls and
+	// the storage around them, under Vault's 90 s request limit.
 	applyTimeout = 2*maxRequestTimeout + 15*time.Second
-	// saveAttempts is how often a result's storage write is tried before it
-	// is held in memory instead.
+	// saveAttempts is how often a result is tried before it is held.
 	saveAttempts = 4
 	// saveRetryDelay is the first pause between those tries; it doubles.
 	saveRetryDelay = 50 * time.Millisecond
@@ -32,9 +29,8 @@ const (
 // config write asks for, and says which trigger it is.
 type change func(prev *record) (*record, trigger, error)
 
-// apply brings the mount's record up to date for t (or for what ch, a config
-// write, asks), publishes it to token reads and returns it with the reason,
-// if any, that a call it wanted was not made or failed.
+// apply brings the record up to date for t (or what ch, a config write, asks),
+// publishes it, and returns it with why a call it wanted failed or was not made.
 func (b *backend) apply(ctx context.Context, storage logical.Storage, t trigger, ch change) (*record, error) {
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
@@ -66,7 +62,7 @@ func (b *backend) applyLocked(ctx context.Context, storage logical.Storage, t tr
 			return prev, err
 		}
 	}
-	if !r.configured() {
+	if !r.configured() && ch == nil {
 		return nil, errNotConfigured
 	}
 	r, err = b.spend(ctx, storage, prev, r, t)
@@ -74,9 +70,8 @@ func (b *backend) applyLocked(ctx context.Context, storage logical.Storage, t tr
 	return r, err
 }
 
-// spend makes the calls decide asks of r, stores the outcome and returns
-// the record to serve with the last call's error. prev is r as stored
-// before a config write changed it.
+// spend makes the calls decide asks of r, stores the outcome, and returns the
+// record to serve with the last call's error; prev is r before a config write.
 func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *record, t trigger) (*record, error) {
 	var callErr error
 	marked := false
@@ -107,7 +102,6 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 			return b.refuse(ctx, storage, prev, marked, sentAt, err)
 		}
 		r, callErr = settle(r, act.kind, g, err, sentAt, b.now()), err
-		b.logOutcome(act.kind, r, err)
 		if err != nil && t.kind == triggerCredential {
 			// A refresh token spent for an incomplete answer that carried a
 			// new one: the write stands, with the new refresh token.
@@ -132,8 +126,7 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 }
 
 // refuse answers a config write whose call failed: nothing changes but the
-// waits that call set, which are stored with the previous record (or alone,
-// when there was none), so that a looping script cannot make a storm.
+// waits that call set, stored so that a looping script cannot make a storm.
 func (b *backend) refuse(ctx context.Context, storage logical.Storage, prev *record, marked bool, sentAt time.Time, err error) (*record, error) {
 	next := refused(prev, sentAt, b.now(), err)
 	b.Logger().Warn("config write: Teletracker call failed; nothing changed", "error", err)
@@ -205,30 +198,30 @@ func (b *backend) store(ctx context.Context, storage logical.Storage, r *record)
 	}
 }
 
-// call sends one login or refresh under cfg. A client that cannot be built
-// is a failed call like any other, recorded where status shows it.
+// call sends one login or refresh under cfg and logs its outcome. A client
+// that cannot be built is a failed call like any other, recorded where
+// status shows it.
 func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refreshToken string) (*grant, error) {
-	c, err := b.clientFor(cfg)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
-	defer cancel()
+	op := refreshPath
 	if kind == actLogin {
-		b.Logger().Debug("calling teletracker", "op", loginPath)
-		return c.login(ctx, cfg.Username, cfg.Password, cfg.AccountID)
+		op = loginPath
 	}
-	b.Logger().Debug("calling teletracker", "op", refreshPath)
-	return c.refresh(ctx, refreshToken)
-}
-
-// logOutcome logs what a call of kind did; r is the record after it.
-func (b *backend) logOutcome(kind actionKind, r *record, err error) {
-	op := map[actionKind]string{actRefresh: "refresh", actLogin: "login"}[kind]
+	b.Logger().Debug("calling teletracker", "op", op)
+	var g *grant
+	c, err := b.clientFor(cfg)
 	if err == nil {
-		b.Logger().Info("new token", "op", op, "generation", r.Generation, "expires_at", r.expiresAt().UTC().Format(time.RFC3339))
-		return
+		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
+		if kind == actLogin {
+			g, err = c.login(ctx, cfg.Username, cfg.Password, cfg.AccountID)
+		} else {
+			g, err = c.refresh(ctx, refreshToken)
+		}
+		cancel()
 	}
-	b.Logger().Warn("teletracker call failed", "op", op, "error", err, "state", r.State,
-		"consecutive_failures", r.Failures, "not_before", r.NotBefore.UTC().Format(time.RFC3339))
+	if err != nil {
+		b.Logger().Warn("teletracker call failed", "op", op, "error", err)
+	} else {
+		b.Logger().Info("new token", "op", op, "lifetime", g.lifetime.String())
+	}
+	return g, err
 }
