@@ -4,13 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,8 +16,8 @@ import (
 // The HA scenario: a three-node Vault cluster on integrated Raft storage,
 // the engine configured once, clients reading the token through every node
 // and rotations forced, while the active node is stepped down and later
-// killed. scripts/ha-test.sh runs just this test, verbosely; with
-// HA_LOG_DIR set, every node's full log is written there at the end.
+// killed. The cluster comes from the harness (cluster_test.go);
+// scripts/ha-test.sh runs just this test, verbosely.
 
 const (
 	haNodeCount      = 3
@@ -35,8 +31,6 @@ const (
 	haRotatePause = 300 * time.Millisecond
 	// haRefreshFloor is the engine's least time between two refreshes.
 	haRefreshFloor = 10 * time.Second
-	// haElectLimit bounds the wait for a new active node after a failover.
-	haElectLimit = 45 * time.Second
 	// haRecoveryLimit is how long after a new active node is elected reads
 	// through every surviving node may take to succeed again.
 	haRecoveryLimit = 15 * time.Second
@@ -53,9 +47,9 @@ func TestHAFailover(t *testing.T) {
 	began := time.Now()
 	f := startFake(t)
 	cl := startRaftCluster(t, haNodeCount)
-	t.Logf("cluster of %d Raft voters ready after %v", haNodeCount, haSince(began))
+	t.Logf("cluster of %d Raft voters ready after %v", haNodeCount, since(began))
 
-	first := cl.waitActive(t, time.Time{}, haElectLimit)
+	first := cl.waitActive(t, time.Time{}, electLimit)
 	c := first.client
 	if err := registerPlugin(c); err != nil {
 		t.Fatal(err)
@@ -83,7 +77,7 @@ func TestHAFailover(t *testing.T) {
 	if out, err := first.v.cli(cl.token, "operator", "step-down"); err != nil {
 		t.Fatalf("vault operator step-down on %s: %v\n%s", first.id, err, out)
 	}
-	second := cl.waitActive(t, stepAt, haElectLimit)
+	second := cl.waitActive(t, stepAt, electLimit)
 	electedStep := time.Now()
 	token := cl.probeAll(t, f, "")
 	recoveredStep := time.Now()
@@ -115,7 +109,7 @@ func TestHAFailover(t *testing.T) {
 	killAt := time.Now()
 	second.v.kill()
 	second.killed = time.Now()
-	third := cl.waitActive(t, killAt, haElectLimit)
+	third := cl.waitActive(t, killAt, electLimit)
 	electedKill := time.Now()
 	token3 := cl.probeAll(t, f, token2)
 	recoveredKill := time.Now()
@@ -149,293 +143,16 @@ func TestHAFailover(t *testing.T) {
 			st, load.rotations()+1)
 	}
 	t.Logf("%d reads, %d forced rotations refused (429), %d refreshes, 1 login; total %v",
-		load.readCount(), load.refused(), st.Refreshes, haSince(began))
-}
-
-func haSince(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }
-
-// haNode is one member of the Raft cluster.
-type haNode struct {
-	id     string       // its Raft node_id
-	addr   string       // its API address
-	v      *vaultServer // the Vault process
-	client *api.Client  // root token, 10 s timeout, no retries
-	// down is set before the test kills the node: the load stops using it.
-	down atomic.Bool
-	// killed is when SIGKILL had ended the process; zero while it runs.
-	killed time.Time
-	// activeTime is the node's own active_time, when waitActive found it.
-	activeTime time.Time
-}
-
-// raftCluster is a Vault cluster on integrated Raft storage.
-type raftCluster struct {
-	nodes []*haNode
-	token string // the root token
-}
-
-// startRaftCluster starts n Vault nodes on loopback with Raft storage and
-// retry_join to each other, initialises the first with one key share,
-// unseals all of them, and waits until all are healthy voters.
-func startRaftCluster(t *testing.T, n int) *raftCluster {
-	t.Helper()
-	base, err := os.MkdirTemp(env.workDir, "ha-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := &raftCluster{}
-	used := map[int]bool{}
-	for i := 0; i < n; i++ {
-		port := freePort(t)
-		for tries := 0; used[port] || used[port+1] || used[port-1]; tries++ {
-			if tries > 20 {
-				t.Fatal("no distinct free ports")
-			}
-			port = freePort(t)
-		}
-		used[port] = true
-		cl.nodes = append(cl.nodes, &haNode{id: fmt.Sprintf("node%d", i+1), addr: "http://127.0.0.1:" + strconv.Itoa(port)})
-	}
-	t.Cleanup(func() {
-		var wg sync.WaitGroup
-		for _, nd := range cl.nodes {
-			if nd.v != nil && nd.v.cmd != nil {
-				wg.Add(1)
-				go func() { defer wg.Done(); nd.v.stop() }()
-			}
-		}
-		wg.Wait()
-	})
-	t.Cleanup(func() {
-		dir := os.Getenv("HA_LOG_DIR")
-		for _, nd := range cl.nodes {
-			if nd.v == nil {
-				continue
-			}
-			if dir != "" {
-				path := filepath.Join(dir, nd.id+".log")
-				if err := os.WriteFile(path, []byte(nd.v.output()), 0o644); err != nil {
-					t.Logf("writing %s: %v", path, err)
-				}
-			}
-			if t.Failed() {
-				t.Logf("%s (%s) log, notable lines:\n%s", nd.id, nd.addr, haLogExcerpt(nd.v.output(), 150))
-			}
-		}
-	})
-
-	for i, nd := range cl.nodes {
-		name := filepath.Join(filepath.Base(base), nd.id)
-		dir := filepath.Join(env.workDir, name)
-		if err := os.MkdirAll(filepath.Join(dir, "raft"), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		var joins strings.Builder
-		for j, other := range cl.nodes {
-			if j != i {
-				fmt.Fprintf(&joins, "  retry_join {\n    leader_api_addr = %q\n  }\n", other.addr)
-			}
-		}
-		port, _ := strconv.Atoi(strings.TrimPrefix(nd.addr, "http://127.0.0.1:"))
-		config := fmt.Sprintf(`storage "raft" {
-  path    = %q
-  node_id = %q
-%s}
-listener "tcp" {
-  address         = "127.0.0.1:%d"
-  cluster_address = "127.0.0.1:%d"
-  tls_disable     = true
-}
-api_addr         = %q
-cluster_addr     = "https://127.0.0.1:%d"
-plugin_directory = %q
-disable_mlock    = true
-`, filepath.Join(dir, "raft"), nd.id, joins.String(), port, port+1, nd.addr, port+1, env.pluginDir)
-		cfgPath := filepath.Join(dir, "vault.hcl")
-		if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		v, err := startVault(name, []string{"server", "-config=" + cfgPath, "-log-level=debug"}, nd.addr, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		nd.v = v
-		if nd.client, err = newHAClient(nd.addr, 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	init, err := cl.nodes[0].client.Sys().Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
-	if err != nil {
-		t.Fatalf("init %s: %v", cl.nodes[0].id, err)
-	}
-	cl.token = init.RootToken
-	for _, nd := range cl.nodes {
-		nd.v.client.SetToken(cl.token)
-		nd.client.SetToken(cl.token)
-	}
-	// A node joining through retry_join takes the key once it holds the
-	// leader's challenge (it then reports itself initialized), and only
-	// once per join attempt: a key sent again while the join completes can
-	// leave that attempt broken ("failed to create cipher"). So the key is
-	// sent once, and again only if the node is still sealed, with no unseal
-	// in progress, well after that: a join that failed under load (the next
-	// retry comes every 2 s) needs the key anew.
-	unseal := func(nd *haNode) error {
-		deadline := time.Now().Add(90 * time.Second)
-		lastErr := errors.New("not unsealed")
-		var keySent time.Time
-		for time.Now().Before(deadline) {
-			st, err := nd.client.Sys().SealStatus()
-			switch {
-			case err != nil:
-				lastErr = err
-			case !st.Sealed:
-				return nil
-			case st.Initialized && st.Progress == 0 && time.Since(keySent) > 15*time.Second:
-				if !keySent.IsZero() {
-					t.Logf("%s still sealed %v after the key was taken; sending it again", nd.id, haSince(keySent))
-				}
-				keySent = time.Now()
-				if _, err := nd.client.Sys().Unseal(init.Keys[0]); err != nil {
-					lastErr = fmt.Errorf("unseal: %w", err)
-					keySent = time.Now().Add(-12 * time.Second) // try again in 3 s
-				} else {
-					lastErr = errors.New("still sealed after the key was taken")
-				}
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		return lastErr
-	}
-	// The first node forms the cluster, alone.
-	first := cl.nodes[0]
-	if err := unseal(first); err != nil {
-		t.Fatalf("unseal %s: %v", first.id, err)
-	}
-	if err := waitFor(haElectLimit, func() error {
-		l, err := first.client.Sys().Leader()
-		if err == nil && !l.IsSelf {
-			err = errors.New("not active yet")
-		}
-		return err
-	}); err != nil {
-		t.Fatalf("%s did not become active: %v", first.id, err)
-	}
-	// Autopilot makes a joining node a voter once it has been healthy for
-	// this long (10 s by default); on loopback a little is enough.
-	if _, err := first.client.Logical().Write("sys/storage/raft/autopilot/configuration",
-		map[string]interface{}{"server_stabilization_time": "3s"}); err != nil {
-		t.Fatal(err)
-	}
-	// The others join it through retry_join once they have the key.
-	errs := make(chan error, len(cl.nodes))
-	for _, nd := range cl.nodes[1:] {
-		go func() {
-			if err := unseal(nd); err != nil {
-				errs <- fmt.Errorf("unseal %s: %w", nd.id, err)
-				return
-			}
-			errs <- nil
-		}()
-	}
-	for range cl.nodes[1:] {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := waitFor(90*time.Second, func() error {
-		for _, nd := range cl.nodes {
-			h, err := nd.client.Sys().Health()
-			if err != nil {
-				return err
-			}
-			if !h.Initialized || h.Sealed {
-				return fmt.Errorf("%s: %+v", nd.id, h)
-			}
-		}
-		st, err := cl.nodes[0].client.Sys().RaftAutopilotState()
-		if err != nil {
-			return err
-		}
-		if st == nil || !st.Healthy || len(st.Voters) != len(cl.nodes) {
-			return fmt.Errorf("autopilot: %v", st)
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("the cluster did not become %d healthy voters: %v", n, err)
-	}
-	return cl
-}
-
-// newHAClient is a client for addr that neither retries nor follows a
-// redirect to the active node: every failure is seen, and a request through
-// a standby succeeds only when the standby forwards it.
-func newHAClient(addr string, timeout time.Duration) (*api.Client, error) {
-	return api.NewClient(&api.Config{Address: addr, Timeout: timeout, MaxRetries: 0, DisableRedirects: true})
-}
-
-// alive is the nodes not killed.
-func (cl *raftCluster) alive() []*haNode {
-	var out []*haNode
-	for _, nd := range cl.nodes {
-		if !nd.down.Load() {
-			out = append(out, nd)
-		}
-	}
-	return out
-}
-
-// standby is a live node other than active.
-func (cl *raftCluster) standby(active *haNode) *haNode {
-	for _, nd := range cl.alive() {
-		if nd != active {
-			return nd
-		}
-	}
-	return active
-}
-
-// waitActive waits until one live node says it is active, and became so
-// after after, and every live node names it leader. It returns that node.
-func (cl *raftCluster) waitActive(t *testing.T, after time.Time, limit time.Duration) *haNode {
-	t.Helper()
-	var active *haNode
-	err := waitFor(limit, func() error {
-		active = nil
-		for _, nd := range cl.alive() {
-			l, err := nd.client.Sys().Leader()
-			if err != nil {
-				return fmt.Errorf("%s: %w", nd.id, err)
-			}
-			if l.IsSelf && l.ActiveTime.After(after) {
-				active = nd
-				nd.activeTime = l.ActiveTime
-			}
-		}
-		if active == nil {
-			return errors.New("no node is active yet")
-		}
-		for _, nd := range cl.alive() {
-			if l, err := nd.client.Sys().Leader(); err != nil || l.LeaderAddress != active.addr {
-				return fmt.Errorf("%s does not name %s leader yet (%v)", nd.id, active.id, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("no new active node within %v: %v", limit, err)
-	}
-	return active
+		load.readCount(), load.refused(), st.Refreshes, since(began))
 }
 
 // probeAll reads the token through every live node until all succeed, and
 // returns it. The token must be the same everywhere, live on the fake, and
-// want when want is not empty. Reads may take haElectLimit in all.
+// want when want is not empty. Reads may take electLimit in all.
 func (cl *raftCluster) probeAll(t *testing.T, f *fake, want string) string {
 	t.Helper()
 	var token string
-	err := waitFor(haElectLimit, func() error {
+	err := waitFor(electLimit, func() error {
 		token = ""
 		for _, nd := range cl.alive() {
 			s, err := nd.client.Logical().Read(haMount + "/token")
@@ -467,7 +184,7 @@ func (cl *raftCluster) probeAll(t *testing.T, f *fake, want string) string {
 
 // rotate forces a rotation through nd until one is allowed (429 means the
 // engine's floor, so try again), within limit. It returns when it succeeded.
-func (cl *raftCluster) rotate(t *testing.T, nd *haNode, limit time.Duration) time.Time {
+func (cl *raftCluster) rotate(t *testing.T, nd *clusterNode, limit time.Duration) time.Time {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
@@ -495,7 +212,7 @@ func rotateOnce(c *api.Client) error {
 // checkSession checks, through the active node, that the engine is healthy
 // and holds the outcome of every refresh the fake answered: nothing is in
 // flight and no result was lost in a failover.
-func (cl *raftCluster) checkSession(t *testing.T, f *fake, active *haNode) {
+func (cl *raftCluster) checkSession(t *testing.T, f *fake, active *clusterNode) {
 	t.Helper()
 	s, err := active.client.Logical().Read(haMount + "/status")
 	if err != nil || s == nil {
@@ -512,21 +229,21 @@ func (cl *raftCluster) checkSession(t *testing.T, f *fake, active *haNode) {
 
 // haRead is one token read by a reader.
 type haRead struct {
-	node       *haNode
+	node       *clusterNode
 	start, end time.Time
 	err        error
 }
 
 // haRotation is one forced rotation by the rotator.
 type haRotation struct {
-	node       *haNode
+	node       *clusterNode
 	start, end time.Time
 	err        error
 }
 
 // haLeaderSeen is one sys/leader answer in which a node said it is active.
 type haLeaderSeen struct {
-	node       *haNode
+	node       *clusterNode
 	start, end time.Time
 }
 
@@ -541,12 +258,12 @@ type haLoad struct {
 	leaders []haLeaderSeen
 	windows [][2]time.Time // failover windows: requests may fail in them
 
-	readerEnd map[*haNode]chan struct{}   // closed to stop a node's readers
-	readers   map[*haNode]*sync.WaitGroup // a node's readers
-	rotator   chan struct{}               // closed to stop the rotator
-	rotWG     sync.WaitGroup              // the rotator
-	poller    chan struct{}               // closed to stop the poller
-	pollWG    sync.WaitGroup              // the poller
+	readerEnd map[*clusterNode]chan struct{}   // closed to stop a node's readers
+	readers   map[*clusterNode]*sync.WaitGroup // a node's readers
+	rotator   chan struct{}                    // closed to stop the rotator
+	rotWG     sync.WaitGroup                   // the rotator
+	poller    chan struct{}                    // closed to stop the poller
+	pollWG    sync.WaitGroup                   // the poller
 	stopOnce  sync.Once
 }
 
@@ -556,13 +273,13 @@ func startHALoad(t *testing.T, cl *raftCluster) *haLoad {
 	t.Helper()
 	l := &haLoad{
 		cl:        cl,
-		readerEnd: map[*haNode]chan struct{}{},
-		readers:   map[*haNode]*sync.WaitGroup{},
+		readerEnd: map[*clusterNode]chan struct{}{},
+		readers:   map[*clusterNode]*sync.WaitGroup{},
 		rotator:   make(chan struct{}),
 		poller:    make(chan struct{}),
 	}
-	clients := func(timeout time.Duration) map[*haNode]*api.Client {
-		out := map[*haNode]*api.Client{}
+	clients := func(timeout time.Duration) map[*clusterNode]*api.Client {
+		out := map[*clusterNode]*api.Client{}
 		for _, nd := range cl.nodes {
 			c, err := newHAClient(nd.addr, timeout)
 			if err != nil {
@@ -590,7 +307,7 @@ func startHALoad(t *testing.T, cl *raftCluster) *haLoad {
 }
 
 // read reads the token through nd with c until nd's readers are stopped.
-func (l *haLoad) read(nd *haNode, c *api.Client) {
+func (l *haLoad) read(nd *clusterNode, c *api.Client) {
 	defer l.readers[nd].Done()
 	for {
 		select {
@@ -610,7 +327,7 @@ func (l *haLoad) read(nd *haNode, c *api.Client) {
 }
 
 // rotate forces rotations through the live nodes in turn until stopped.
-func (l *haLoad) rotate(clients map[*haNode]*api.Client) {
+func (l *haLoad) rotate(clients map[*clusterNode]*api.Client) {
 	defer l.rotWG.Done()
 	for i := 0; ; i++ {
 		select {
@@ -630,7 +347,7 @@ func (l *haLoad) rotate(clients map[*haNode]*api.Client) {
 
 // poll asks every live node who is active, until stopped, and records the
 // answers in which a node says it is.
-func (l *haLoad) poll(clients map[*haNode]*api.Client) {
+func (l *haLoad) poll(clients map[*clusterNode]*api.Client) {
 	defer l.pollWG.Done()
 	for {
 		select {
@@ -716,7 +433,7 @@ func (l *haLoad) stopRotator() {
 }
 
 // stopReaders stops the readers of nd and waits for them.
-func (l *haLoad) stopReaders(nd *haNode) {
+func (l *haLoad) stopReaders(nd *clusterNode) {
 	select {
 	case <-l.readerEnd[nd]:
 	default:
@@ -972,26 +689,6 @@ func haOverlaps(act []haPeriod, from, to time.Time) bool {
 		}
 	}
 	return false
-}
-
-// haLogExcerpt is the last n notable lines of a Vault log: warnings, errors,
-// core and Raft state changes, and the engine's own lines.
-func haLogExcerpt(out string, n int) string {
-	var keep []string
-	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, "security barrier not initialized") {
-			continue
-		}
-		if strings.Contains(line, "[WARN]") || strings.Contains(line, "[ERROR]") ||
-			strings.Contains(line, "teletracker") ||
-			(strings.Contains(line, "[INFO]") && (strings.Contains(line, "core:") || strings.Contains(line, "storage.raft"))) {
-			keep = append(keep, line)
-		}
-	}
-	if len(keep) > n {
-		keep = keep[len(keep)-n:]
-	}
-	return strings.Join(keep, "\n")
 }
 
 // TestHALogCheck: the log reading behind TestHAFailover's "only the active
