@@ -70,6 +70,8 @@ type backend struct {
 	snap atomic.Pointer[snapshot]
 	// epoch counts invalidations: a copy loaded before one is not published.
 	epoch atomic.Uint64
+	// metrics are the mount's Prometheus counters (metrics.go).
+	metrics *metrics
 }
 
 // Factory returns a configured backend for one mount.
@@ -83,7 +85,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 }
 
 func newBackend() *backend {
-	b := &backend{now: time.Now}
+	b := &backend{now: time.Now, metrics: newMetrics()}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -95,6 +97,7 @@ func newBackend() *backend {
 			pathToken(b),
 			pathRotate(b),
 			pathStatus(b),
+			pathMetrics(b),
 		},
 		InitializeFunc: b.initialize,
 		PeriodicFunc:   b.periodicFunc,

@@ -2,7 +2,7 @@ package teletracker
 
 import (
 	"runtime/debug"
-	"runtime/metrics"
+	rtmetrics "runtime/metrics"
 )
 
 // memory.go hands back to the OS the memory a burst of requests left behind.
@@ -27,14 +27,14 @@ var heapMetrics = []string{
 // more than maxIdleHeap of the heap could be reclaimed. Called on every tick,
 // it does nothing once a burst is over and one call has released it.
 func releaseIdleMemory() {
-	sample := make([]metrics.Sample, len(heapMetrics))
+	sample := make([]rtmetrics.Sample, len(heapMetrics))
 	for i, name := range heapMetrics {
 		sample[i].Name = name
 	}
-	metrics.Read(sample)
+	rtmetrics.Read(sample)
 	var v [4]uint64
 	for i, s := range sample {
-		if s.Value.Kind() == metrics.KindUint64 {
+		if s.Value.Kind() == rtmetrics.KindUint64 {
 			v[i] = s.Value.Uint64()
 		}
 	}

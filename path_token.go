@@ -191,6 +191,7 @@ var tokenResponseFields = map[string]*framework.FieldSchema{
 // of the lock while a valid token is known (in memory or in storage), and a
 // valid token is served, with a warning, when bringing it up to date fails.
 func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	b.metrics.reads.Inc()
 	st := b.snap.Load()
 	now := b.now()
 	switch {

@@ -211,12 +211,16 @@ func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refres
 	c, err := b.clientFor(cfg)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
+		start := time.Now()
 		if kind == actLogin {
 			g, err = c.login(ctx, cfg.Username, cfg.Password, cfg.AccountID)
 		} else {
 			g, err = c.refresh(ctx, refreshToken)
 		}
 		cancel()
+		b.metrics.observe(kind, time.Since(start), err)
+	} else {
+		b.metrics.observe(kind, 0, err)
 	}
 	if err != nil {
 		b.Logger().Warn("teletracker call failed", "op", op, "error", err)

@@ -1,0 +1,97 @@
+package e2e
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/prometheus/common/expfmt"
+)
+
+// TestMetricsScrape: Prometheus scrapes <mount>/metrics as Vault serves it,
+// with a token whose policy (the example's) allows only that read; another
+// token gets 403; after a rotation and a failed refresh the counters and the
+// state gauge show them.
+func TestMetricsScrape(t *testing.T) {
+	t.Parallel()
+	c := env.dev.client
+	f := startFake(t)
+	enableMount(t, c, "teletracker-eu") // a mount the example policy names
+	configure(t, c, "teletracker-eu", f, nil)
+	if _, err := c.Logical().Write("teletracker-eu/rotate", nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Second) // the floor after a refresh
+	f.admin(t, http.MethodPost, "/_fake/fail", map[string]interface{}{"endpoint": "/auth/refresh", "count": 1, "fault": map[string]interface{}{"status": 503}}, nil)
+	if _, err := c.Logical().Write("teletracker-eu/rotate", nil); statusCode(err) != http.StatusBadGateway {
+		t.Fatalf("rotate against a failing Teletracker: %v", err)
+	}
+
+	policy, err := os.ReadFile(filepath.Join(env.repoRoot, "examples", "prometheus", "metrics-policy.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sys().PutPolicy("teletracker-metrics", string(policy)); err != nil {
+		t.Fatal(err)
+	}
+	scraper := token(t, c, "teletracker-metrics")
+	other := token(t, c, "default")
+
+	if code, _, _ := scrape(t, other); code != http.StatusForbidden {
+		t.Fatalf("a token without the policy scraped the metrics: %d", code)
+	}
+	code, contentType, body := scrape(t, scraper)
+	if code != http.StatusOK || !strings.HasPrefix(contentType, "text/plain; version=0.0.4") {
+		t.Fatalf("scrape: %d %q\n%s", code, contentType, body)
+	}
+	var p expfmt.TextParser
+	families, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("the exposition does not parse: %v\n%s", err, body)
+	}
+	for series, want := range map[string]string{
+		`teletracker_refreshes_total{outcome="success"}`: "1",
+		`teletracker_refreshes_total{outcome="failed"}`:  "1",
+		`teletracker_logins_total{outcome="success"}`:    "1",
+		`teletracker_state{state="degraded"}`:            "1",
+		`teletracker_state{state="healthy"}`:             "0",
+		`teletracker_consecutive_failures`:               "1",
+	} {
+		if !strings.Contains(body, "\n"+series+" "+want+"\n") {
+			t.Errorf("%s is not %s:\n%s", series, want, body)
+		}
+	}
+	if families["teletracker_upstream_request_duration_seconds"] == nil || families["teletracker_token_expires_in_seconds"] == nil {
+		t.Fatalf("families %v", families)
+	}
+}
+
+// token creates a token with policy alone.
+func token(t *testing.T, c *api.Client, policy string) string {
+	t.Helper()
+	s, err := c.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{policy}, NoDefaultPolicy: policy != "default"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Auth.ClientToken
+}
+
+// scrape GETs teletracker-eu/metrics with token as Prometheus does (a bearer
+// token in the Authorization header), and returns status, type and body.
+func scrape(t *testing.T, token string) (int, string, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, env.dev.addr+"/v1/teletracker-eu/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header.Get("Content-Type"), string(b)
+}

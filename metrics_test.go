@@ -1,0 +1,157 @@
+package teletracker
+
+import (
+	"bytes"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
+)
+
+// scrape reads the mount's metrics, checks the raw answer, and parses it.
+func (e *testEnv) scrape() map[string]*dto.MetricFamily {
+	e.t.Helper()
+	resp := e.mustRequest(logical.ReadOperation, "metrics", nil)
+	body, _ := resp.Data[logical.HTTPRawBody].([]byte)
+	if ct, _ := resp.Data[logical.HTTPContentType].(string); !strings.HasPrefix(ct, "text/plain; version=0.0.4") || resp.Data[logical.HTTPStatusCode] != http.StatusOK {
+		e.t.Fatalf("content type %q, status %v", ct, resp.Data[logical.HTTPStatusCode])
+	}
+	for _, secret := range append(e.fake.IssuedSecrets(), "demo-password") {
+		if secret != "" && bytes.Contains(body, []byte(secret)) {
+			e.t.Fatal("a secret is in the metrics")
+		}
+	}
+	var p expfmt.TextParser
+	families, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		e.t.Fatalf("the exposition does not parse: %v\n%s", err, body)
+	}
+	return families
+}
+
+// value is the value of the series of family name with the given label
+// (name=value, or "" for none); it fails the test when there is none.
+func value(t *testing.T, families map[string]*dto.MetricFamily, name, label string) float64 {
+	t.Helper()
+	for _, m := range families[name].GetMetric() {
+		var labels []string
+		for _, l := range m.GetLabel() {
+			labels = append(labels, l.GetName()+"="+l.GetValue())
+		}
+		if strings.Join(labels, ",") != label {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
+		}
+	}
+	t.Fatalf("no series %s{%s}", name, label)
+	return 0
+}
+
+// TestMetricsMoveWithEvents: every counter moves when its event happens, and
+// the gauges follow the record.
+func TestMetricsMoveWithEvents(t *testing.T) {
+	e := newTestEnv(t, withFake(func(o *fakett.Options) { o.RefreshLifetime = 48 * time.Hour }))
+	e.configure(map[string]interface{}{"request_timeout": 1})
+	m := e.scrape()
+	for _, o := range outcomes {
+		if value(t, m, "teletracker_refreshes_total", "outcome="+o) != 0 || value(t, m, "teletracker_logins_total", "outcome="+o) != float64(map[string]int{"success": 1}[o]) {
+			t.Fatalf("outcome %s at the start", o)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		e.readToken()
+	}
+	e.clock.Add(time.Minute)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil) // success
+	e.clock.Add(time.Minute)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: 503})
+	_, _ = e.request(logical.UpdateOperation, "rotate", nil) // failed
+	m = e.scrape()
+	if value(t, m, "teletracker_consecutive_failures", "") != 1 || value(t, m, "teletracker_state", "state=degraded") != 1 ||
+		value(t, m, "teletracker_state", "state=healthy") != 0 {
+		t.Fatal("the failure is not in the gauges")
+	}
+	e.clock.Add(time.Minute)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: 3 * time.Second})
+	_, _ = e.request(logical.UpdateOperation, "rotate", nil) // unknown: a login follows later
+	e.clock.Add(time.Minute)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil) // the login
+	e.clock.Add(time.Minute)
+	e.fake.RevokeAll()
+	e.mustRequest(logical.UpdateOperation, "rotate", nil) // rejected, then a login
+
+	m = e.scrape()
+	want := map[string]float64{
+		"teletracker_token_reads_total|":                           3,
+		"teletracker_refreshes_total|outcome=success":              1,
+		"teletracker_refreshes_total|outcome=failed":               1,
+		"teletracker_refreshes_total|outcome=unknown":              1,
+		"teletracker_refreshes_total|outcome=rejected":             1,
+		"teletracker_logins_total|outcome=success":                 3,
+		"teletracker_logins_total|outcome=failed":                  0,
+		"teletracker_upstream_request_duration_seconds|op=refresh": 4,
+		"teletracker_upstream_request_duration_seconds|op=login":   3,
+		"teletracker_consecutive_failures|":                        0,
+		"teletracker_state|state=healthy":                          1,
+		"teletracker_state|state=degraded":                         0,
+		"teletracker_state|state=reauth_required":                  0,
+		"teletracker_state|state=unconfigured":                     0,
+		"teletracker_token_expires_in_seconds|":                    3600,
+		"teletracker_refresh_token_expires_in_seconds|":            48 * 3600,
+		"teletracker_last_rotation_timestamp_seconds|":             float64(e.clock.Now().Unix()),
+	}
+	for k, v := range want {
+		name, label, _ := strings.Cut(k, "|")
+		if got := value(t, m, name, label); got != v {
+			t.Errorf("%s{%s} = %v, want %v", name, label, got, v)
+		}
+	}
+}
+
+// TestMetricsStates: the state gauge and the token gauges of a mount that
+// is unconfigured, and of one that needs re-authentication.
+func TestMetricsStates(t *testing.T) {
+	e := newTestEnv(t)
+	m := e.scrape()
+	if value(t, m, "teletracker_state", "state=unconfigured") != 1 || m["teletracker_token_expires_in_seconds"] != nil {
+		t.Fatalf("unconfigured: %v", m)
+	}
+	e.configure(nil)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": ""})
+	e.fake.RevokeAll()
+	e.clock.Add(49 * time.Minute)
+	_ = e.tick()
+	m = e.scrape()
+	if value(t, m, "teletracker_state", "state=reauth_required") != 1 || value(t, m, "teletracker_token_expires_in_seconds", "") != 11*60 {
+		t.Fatalf("reauth_required with 11 minutes left: %v", m)
+	}
+}
+
+// TestMetricsMountsApart: two mounts in one process share no values.
+func TestMetricsMountsApart(t *testing.T) {
+	a, b := newTestEnv(t), newTestEnv(t)
+	a.configure(nil)
+	b.configure(nil)
+	for i := 0; i < 5; i++ {
+		a.readToken()
+	}
+	if got := value(t, b.scrape(), "teletracker_token_reads_total", ""); got != 0 {
+		t.Fatalf("mount b counted %v of mount a's reads", got)
+	}
+	if got := value(t, a.scrape(), "teletracker_token_reads_total", ""); got != 5 {
+		t.Fatalf("mount a counted %v reads, want 5", got)
+	}
+}
