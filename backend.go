@@ -108,11 +108,9 @@ func newBackend() *backend {
 	return b
 }
 
-// HandleRequest answers token reads itself and passes every other request
-// to the framework. A token read needs none of the framework's generic work
-// (routing by pattern, field validation, and a call back to Vault for the
-// replication state on every request), which costs about a fifth of the
-// plugin's CPU per read: see BENCHMARKS.md.
+// HandleRequest answers token reads itself, without the framework's generic
+// work (routing, field validation, a call back to Vault for the replication
+// state), about a fifth of the plugin's CPU per read: see BENCHMARKS.md.
 func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
 	if req.Operation == logical.ReadOperation && req.Path == "token" {
 		return b.pathTokenRead(ctx, req, nil)
@@ -120,10 +118,9 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 	return b.Backend.HandleRequest(ctx, req)
 }
 
-// initialize loads the record on a node that may write, moving it from the
-// v0.1.0 layout if need be, and publishes it. It calls no one, so unseal is
-// never held up by Teletracker: a refresh left in flight by a node that
-// stopped is resolved by the next tick, once its call has surely ended.
+// initialize loads (and moves from v0.1.0) the record on a node that may
+// write, and publishes it. It calls no one, so unseal never waits on
+// Teletracker: a refresh left in flight is resolved by a later tick.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
@@ -139,10 +136,9 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	return err
 }
 
-// periodicFunc runs on Vault's tick and refreshes ahead of need. It does
-// nothing where storage is not writable (standbys, performance secondaries).
-// What a tick could not do is logged where it failed and shown by status;
-// only a storage failure is returned, for Vault to log.
+// periodicFunc runs on Vault's tick, where storage is writable, and
+// refreshes ahead of need. What it could not do is logged and shown by
+// status; only a storage failure is returned, for Vault to log.
 func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
@@ -171,15 +167,15 @@ func (b *backend) invalidate(_ context.Context, key string) {
 func (b *backend) clean(ctx context.Context) {
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
-	if h := b.held.Load(); h != nil && b.storage != nil && b.WriteSafeReplicationState() {
+	if h := b.held.Load(); h != nil && b.storage != nil {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanTimeout)
 		defer cancel()
-		if err := b.store(ctx, b.storage, h); err != nil {
+		if _, err := b.store(ctx, b.storage, h); err != nil {
 			b.Logger().Error("a held record was lost with the mount: it could not be stored", "error", err, "generation", h.Generation)
 		}
 	}
 	if b.client != nil {
-		b.client.close()
+		b.client.http.CloseIdleConnections()
 		b.client = nil
 	}
 }
@@ -196,7 +192,7 @@ func (b *backend) clientFor(cfg *config) (*client, error) {
 		return nil, err
 	}
 	if b.client != nil {
-		b.client.close()
+		b.client.http.CloseIdleConnections()
 	}
 	b.client, b.clientKey = c, key
 	return c, nil

@@ -180,11 +180,6 @@ func certPool(caPEM string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// close releases the client's idle connections.
-func (c *client) close() {
-	c.http.CloseIdleConnections()
-}
-
 // login starts a new session with a username and password.
 func (c *client) login(ctx context.Context, username, password string, accountID int64) (*grant, error) {
 	form := url.Values{"username": {username}, "password": {password}}
@@ -382,6 +377,7 @@ func upstreamMessage(sb *sessionBody, secret string) string {
 func safeText(s, secret string) string {
 	if secret != "" {
 		s = strings.ReplaceAll(s, secret, "[redacted]")
+		s = strings.ReplaceAll(s, url.QueryEscape(secret), "[redacted]")
 	}
 	s = strings.Map(func(r rune) rune {
 		if unicode.IsPrint(r) {

@@ -105,7 +105,7 @@ func testClient(t *testing.T, url string) *client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.close)
+	t.Cleanup(c.http.CloseIdleConnections)
 	return c
 }
 

@@ -23,6 +23,9 @@ const (
 	minRetryInterval = 30 * time.Second
 	// maxBackoff caps the exponential backoff after failures.
 	maxBackoff = 5 * time.Minute
+	// maxClockSkew is how far apart the clocks of Vault's nodes may be. A
+	// time further ahead of now than that means the clock was set back.
+	maxClockSkew = time.Minute
 )
 
 // triggerKind is what asks for the record to be brought up to date.
@@ -41,11 +44,6 @@ type trigger struct {
 	kind triggerKind
 	// at is when it was asked; a rotate wants a token obtained no earlier.
 	at time.Time
-}
-
-// operator reports whether t is an operator's act: held back by HoldUntil.
-func (t trigger) operator() bool {
-	return t.kind == triggerRotate || t.kind == triggerCredential
 }
 
 // actionKind is what decide asks for.
@@ -87,8 +85,8 @@ func (a action) err() error {
 
 // decide says what t asks of r at now. A call is made only when decide
 // says so, and only once the waits allow it: HoldUntil for an operator,
-// NotBefore (which includes the backoff) for the engine's own triggers, and
-// for a refresh in flight, until the call it marks has surely ended.
+// NotBefore (which includes the backoff) for the engine's own triggers. (A
+// refresh in flight is marked with the waits that let its call end first.)
 func decide(r *record, now time.Time, t trigger) action {
 	if !r.wants(now, t) {
 		return action{kind: actNothing}
@@ -106,15 +104,12 @@ func decide(r *record, now time.Time, t trigger) action {
 		// what a token-theft detector looks for.
 		kind = actLogin
 	}
-	until := r.NotBefore
-	if t.operator() {
-		until = r.HoldUntil
+	at := r.NotBefore
+	if t.kind == triggerRotate || t.kind == triggerCredential {
+		at = r.HoldUntil // an operator's act waits for no backoff
 	}
-	at := wait(now, r.LastCallAt, until)
-	if r.State == stateInFlight {
-		// The node that sent it may have stopped being active; its call
-		// ends request_timeout after it was sent.
-		at = later(at, wait(now, r.InFlightAt, r.InFlightAt.Add(r.Config.RequestTimeout+minCallInterval)))
+	if ahead(now, r.LastCallAt) {
+		at = time.Time{} // the clock was set back since: the waits are over
 	}
 	if now.Before(at) {
 		return action{kind: actWait, at: at}
@@ -129,8 +124,8 @@ func (r *record) wants(now time.Time, t trigger) bool {
 	switch {
 	case t.kind == triggerTune:
 		return false
-	case r.Token == "":
-		return true
+	case r.Token == "" || ahead(now, r.ObtainedAt):
+		return true // none, or of unknown age: the clock was set back
 	case t.kind == triggerRotate || t.kind == triggerCredential:
 		return r.State != stateReady || r.ObtainedAt.Before(t.at)
 	case t.kind == triggerRead:
@@ -141,14 +136,12 @@ func (r *record) wants(now time.Time, t trigger) bool {
 		(!r.RefreshTokenExpiresAt.IsZero() && !ahead.Add(r.Config.RefreshMargin).Before(r.RefreshTokenExpiresAt))
 }
 
-// wait is until, the end of a wait set at setAt, unless the clock went back
-// behind setAt since: then the wait is over, so that a clock set back cannot
-// stop calls for as long as it jumped (one call may come early).
-func wait(now, setAt, until time.Time) time.Time {
-	if setAt.After(now) {
-		return time.Time{}
-	}
-	return until
+// ahead reports whether t is further ahead of now than the nodes' clocks
+// can disagree: the clock was set back since t. The waits set then are over
+// (one call may come early; a clock set back must not stop calls for as
+// long as it jumped), and a token obtained then is of unknown age.
+func ahead(now, t time.Time) bool {
+	return t.Sub(now) > maxClockSkew
 }
 
 // later returns the latest of times.
@@ -172,10 +165,14 @@ func backoff(n int) time.Duration {
 	return d + time.Duration(rand.Int64N(int64(d/4)+1))
 }
 
-// marked is r as stored before its refresh token is sent at sentAt.
+// marked is r as stored before its refresh token is sent at sentAt: should
+// Vault stop, the next active node waits until the call has surely ended
+// (request_timeout, as it is now) and the floor after it.
 func (r *record) marked(sentAt time.Time) *record {
 	next := *r
-	next.State, next.InFlightAt = stateInFlight, sentAt
+	next.State, next.InFlightAt, next.LastCallAt = stateInFlight, sentAt, sentAt
+	next.HoldUntil = later(r.HoldUntil, sentAt.Add(r.Config.RequestTimeout+minCallInterval))
+	next.NotBefore = later(r.NotBefore, next.HoldUntil)
 	return &next
 }
 
@@ -198,7 +195,9 @@ func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Ti
 	if err == nil {
 		next.Token, next.Lifetime, next.ObtainedAt = g.token, g.lifetime, sentAt
 		next.Failures, next.FailingSince = 0, time.Time{}
-		next.limit(sentAt, now, 0, kind == actRefresh)
+		// A login sets the floor too, unless it came 10 s or more after the
+		// call before it: no more than two calls fall within 10 s.
+		next.limit(sentAt, now, 0, kind == actRefresh || (!ahead(sentAt, r.LastCallAt) && sentAt.Sub(r.LastCallAt) < minCallInterval))
 		return &next
 	}
 	var ue *upstreamError
@@ -208,8 +207,9 @@ func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Ti
 	next.LastError, next.LastErrorAt = err.Error(), sentAt
 	if kind == actRefresh && (ue.kind == failRejected || ue.kind == failSpent) {
 		// An answer, not a failure: the refresh token is gone. Log in at
-		// once if a password is stored (the waits stay as they were).
-		next.State, next.InFlightAt = stateNeedLogin, time.Time{}
+		// once if a password is stored (the waits stay as they were; the
+		// login's floor counts from this call).
+		next.State, next.InFlightAt, next.LastCallAt = stateNeedLogin, time.Time{}, sentAt
 		next.LastError = "refresh token no longer usable: " + err.Error()
 		if r.State == stateInFlight {
 			next.LastError = fmt.Sprintf("a refresh started at %s was interrupted (its result was never stored), and Teletracker now refuses its refresh token: %s",

@@ -64,8 +64,15 @@ func TestDecide(t *testing.T) {
 		{name: "retry-after/read", change: retryAfter(at), now: 55 * time.Minute, kind: read, want: actWait, wantAt: 60 * time.Minute},
 		// a clock set back: waits set in its future are over
 		{name: "clock went back/read", change: func(r *record) {
-			r.ObtainedAt, r.LastCallAt, r.HoldUntil, r.NotBefore = at(-time.Hour), at(56*time.Minute), at(90*time.Minute), at(90*time.Minute)
+			r.ObtainedAt, r.LastCallAt, r.HoldUntil, r.NotBefore = at(-time.Hour), at(57*time.Minute), at(90*time.Minute), at(90*time.Minute)
 		}, now: 55 * time.Minute, kind: read, want: actRefresh},
+		{name: "clock skew within a minute/read", change: func(r *record) {
+			r.ObtainedAt, r.LastCallAt, r.HoldUntil, r.NotBefore = at(-time.Hour), at(55*time.Minute+50*time.Second), at(56*time.Minute), at(56*time.Minute)
+		}, now: 55 * time.Minute, kind: read, want: actWait, wantAt: 56 * time.Minute},
+		{name: "token of unknown age/read", change: func(r *record) { r.ObtainedAt = at(90 * time.Minute) },
+			now: 5 * time.Minute, kind: read, want: actRefresh},
+		{name: "token obtained on a node slightly ahead/read", change: func(r *record) { r.ObtainedAt = at(5*time.Minute + 30*time.Second) },
+			now: 5 * time.Minute, kind: read, want: actNothing},
 		// a refresh in flight: resolved once its call has surely ended, by a
 		// login when a password is stored
 		{name: "in flight/tick too soon", change: inFlight(at, true), now: 55*time.Minute + 15*time.Second, kind: tick, want: actWait,
@@ -126,7 +133,8 @@ func retryAfter(at func(time.Duration) time.Time) func(*record) {
 
 func inFlight(at func(time.Duration) time.Time, password bool) func(*record) {
 	return func(r *record) {
-		r.State, r.InFlightAt, r.ObtainedAt = stateInFlight, at(55*time.Minute), at(50*time.Minute)
+		*r = *r.marked(at(55 * time.Minute))
+		r.ObtainedAt = at(50 * time.Minute)
 		if !password {
 			r.Config.Password = ""
 		}
@@ -187,7 +195,7 @@ func TestSettle(t *testing.T) {
 				t.Fatalf("state %s failures %d token %s, want %s %d %s", got.State, got.Failures, got.Token, tc.state, tc.failures, tc.token)
 			}
 			floor := tc.kind == actRefresh || tc.err != nil
-			if set := got.LastCallAt.Equal(sent); set != tc.waitsSet || (set && floor && got.HoldUntil.Before(sent.Add(minCallInterval))) {
+			if set := !got.HoldUntil.IsZero(); set != tc.waitsSet || !got.LastCallAt.Equal(sent) || (set && floor && got.HoldUntil.Before(sent.Add(minCallInterval))) {
 				t.Fatalf("waits %v %v %v, set: %v", got.LastCallAt, got.HoldUntil, got.NotBefore, tc.waitsSet)
 			}
 			if tc.failures > tc.r.Failures && got.NotBefore.Before(answered.Add(minRetryInterval)) {

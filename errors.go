@@ -18,35 +18,27 @@ var (
 	errNotConfigured = errors.New("teletracker is not configured: write username and password, or refresh_token, to config")
 	// errReauth: only a new credential can help; nothing is tried.
 	errReauth = errors.New("the session needs re-authentication: write password or refresh_token to config")
-	// errHeld: a record storage refused is held in memory, and the refresh
-	// token it replaced must never be sent, so nothing is called until it
-	// is stored.
-	errHeld = errors.New("a new session is held in memory because storage refused it; Teletracker is not called until it is stored")
+	// errHeld: a record storage refused is held, and nothing is called until
+	// it is stored (a refresh token it replaced must never be sent again).
+	errHeld = errors.New("the mount's record is held in memory because storage refused it; Teletracker is not called until it is stored")
 	// errNotStored: a new session was obtained but storage refused it.
 	errNotStored = errors.New("the new session could not be stored; it is held in memory, served, and stored before anything else")
 )
 
 // rateLimitedError says Teletracker may not be called before until.
-type rateLimitedError struct {
-	until time.Time
-}
+type rateLimitedError struct{ until time.Time }
 
 func (e *rateLimitedError) Error() string {
 	return "Teletracker may not be called before " + e.until.UTC().Format(time.RFC3339) + " (rate limit, Retry-After or backoff after failures)"
 }
 
 // inputError is a caller's mistake.
-type inputError struct {
-	error
-}
+type inputError struct{ error }
 
 func (e *inputError) Unwrap() error { return e.error }
 
-// appliedError is a note on a request that did what it asked: a warning,
-// not a failure.
-type appliedError struct {
-	error
-}
+// appliedError is a note on a request that did what it asked: a warning.
+type appliedError struct{ error }
 
 func (e *appliedError) Unwrap() error { return e.error }
 

@@ -222,9 +222,10 @@ func parseConfigWrite(prev *record, d *framework.FieldData) (next *record, crede
 	if v, ok := d.GetOk("username"); ok {
 		cfg.Username = strings.TrimSpace(v.(string))
 	}
+	passwordSent := false
 	if v, ok := d.GetOk("password"); ok {
 		cfg.Password = v.(string)
-		credential = credential || cfg.Password != ""
+		passwordSent = cfg.Password != ""
 	}
 	if v, ok := d.GetOk("account_id"); ok {
 		if v.(int) < 0 {
@@ -264,8 +265,13 @@ func parseConfigWrite(prev *record, d *framework.FieldData) (next *record, crede
 		return nil, false, &inputError{err}
 	}
 
-	// A session belongs to the account it was started for.
-	credential = credential || seed != "" || cfg.identity() != old.identity()
+	// A session belongs to the account it was started for, and a stored
+	// password is never sent to an account the write did not bring it for.
+	newAccount := cfg.identity() != old.identity()
+	if newAccount && !credential && !passwordSent && seed == "" {
+		return nil, false, invalid("changing base_url, username or account_id needs password (or refresh_token) in the same write: a stored password is never sent to another account")
+	}
+	credential = credential || passwordSent || seed != "" || newAccount
 	switch {
 	case seed != "":
 		r.State, r.InFlightAt, r.RefreshToken = stateReady, time.Time{}, seed
@@ -309,8 +315,9 @@ refresh_token instead seeds an existing session (it is spent at once for a new
 one). The write fails, and changes nothing, when Teletracker refuses.
 
 A write is a partial update: fields not sent keep their values. Changing
-base_url, username or account_id starts a new session, so it needs the
-password (stored or sent) or a refresh_token.
+base_url, username or account_id starts a new session, so the same write must
+bring password (or refresh_token): a stored password is never sent to another
+account.
 
 password and refresh_token are never returned; a read shows password_set.
 Deleting the config also deletes the session.

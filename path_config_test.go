@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -177,10 +178,12 @@ func TestConfigRefusedWriteChangesNothing(t *testing.T) {
 		name   string
 		data   map[string]interface{}
 		status int
+		called bool
 	}{
-		{"wrong password", map[string]interface{}{"password": "wrong-password", "refresh_margin": "7m"}, http.StatusBadRequest},
-		{"dead refresh token", map[string]interface{}{"refresh_token": "not-a-token", "refresh_margin": "7m"}, http.StatusBadRequest},
-		{"unreachable", map[string]interface{}{"base_url": "http://127.0.0.1:1", "refresh_margin": "7m"}, http.StatusBadGateway},
+		{"wrong password", map[string]interface{}{"password": "wrong-password", "refresh_margin": "7m"}, http.StatusBadRequest, true},
+		{"dead refresh token", map[string]interface{}{"refresh_token": "not-a-token", "refresh_margin": "7m"}, http.StatusBadRequest, true},
+		{"unreachable", map[string]interface{}{"base_url": "http://127.0.0.1:1", "password": "demo-password", "refresh_margin": "7m"}, http.StatusBadGateway, true},
+		{"new account without the password", map[string]interface{}{"base_url": "http://127.0.0.1:1", "refresh_margin": "7m"}, http.StatusBadRequest, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -194,13 +197,14 @@ func TestConfigRefusedWriteChangesNothing(t *testing.T) {
 			}
 			// Nothing changes but the waits the failed call set.
 			r := e.stored()
-			if r.LastCallAt != e.clock.Now() || !r.HoldUntil.Equal(e.clock.Now().Add(minCallInterval)) {
+			if tc.called && (r.LastCallAt != e.clock.Now() || !r.HoldUntil.Equal(e.clock.Now().Add(minCallInterval))) {
 				t.Fatalf("the failed call's waits were not stored: %+v", r)
 			}
 			r.LastCallAt, r.HoldUntil, r.NotBefore = recBefore.LastCallAt, recBefore.HoldUntil, recBefore.NotBefore
 			if !reflect.DeepEqual(r, recBefore) {
 				t.Fatalf("record changed:\n%+v\n%+v", recBefore, r)
 			}
+			recBefore = e.stored()
 			if got := e.readToken().Data["token"]; got != tokenBefore {
 				t.Fatal("served token changed")
 			}
@@ -231,9 +235,14 @@ func TestConfigPartialUpdate(t *testing.T) {
 		t.Fatalf("logins %d, want %d", got, logins+1)
 	}
 
-	// A change of account starts a new session with the stored password.
+	// A change of account starts a new session, with the password sent: a
+	// stored one is never sent to another account.
 	e.clock.Add(minCallInterval)
-	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"account_id": 8})
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"account_id": 8})
+	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "never sent to another account") {
+		t.Fatalf("a new account without the password: resp=%v err=%v", resp, err)
+	}
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"account_id": 8, "password": "demo-password"})
 	if got := e.fake.Stats().Logins; got != logins+2 {
 		t.Fatalf("logins %d, want %d", got, logins+2)
 	}
@@ -247,8 +256,8 @@ func TestConfigPartialUpdate(t *testing.T) {
 	e.readToken()
 
 	// Without a password, changing the username cannot log in.
-	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"username": "other"})
-	if !errors.Is(err, logical.ErrInvalidRequest) || !strings.Contains(resp.Error().Error(), "username and password are required") {
+	resp, err = e.request(logical.UpdateOperation, "config", map[string]interface{}{"username": "other"})
+	if !errors.Is(err, logical.ErrInvalidRequest) || !strings.Contains(resp.Error().Error(), "needs password") {
 		t.Fatalf("resp=%v err=%v", resp, err)
 	}
 }
@@ -584,5 +593,27 @@ func TestUnusableCACertIsRecorded(t *testing.T) {
 	s := e.status()
 	if s["state"] != stateDegraded || s["consecutive_failures"] != 1 || !strings.Contains(s["last_error"].(string), "ca_cert") {
 		t.Fatalf("status %v", s)
+	}
+}
+
+// TestStoredPasswordNeverSentToNewBaseURL: a write that changes base_url
+// without the password is refused; the stored password goes nowhere new.
+func TestStoredPasswordNeverSentToNewBaseURL(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	var calls atomic.Int64
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	defer elsewhere.Close()
+	e.clock.Add(time.Minute)
+	for _, data := range []map[string]interface{}{{"base_url": elsewhere.URL}, {"username": "other"}, {"account_id": 9}} {
+		if resp, err := e.request(logical.UpdateOperation, "config", data); statusOf(resp, err) != http.StatusBadRequest {
+			t.Fatalf("%v: resp=%v err=%v", data, resp, err)
+		}
+	}
+	if calls.Load() != 0 || e.fake.Stats().LoginCalls != 1 {
+		t.Fatal("the stored password was sent for a new account")
 	}
 }

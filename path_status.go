@@ -102,13 +102,13 @@ const pathStatusHelpDesc = `
 state is one of:
   unconfigured     nothing written to config yet
   healthy          the token is refreshed on schedule
-  degraded         refreshes fail; the token is served while it is valid, and
-                   the engine retries with backoff (see last_error, next_attempt_at)
-  reauth_required  only a new credential can help: Teletracker rejected the
-                   refresh token and there is no working stored password,
-                   or no session is stored, or the stored one belongs to
-                   another base_url, username or account_id. Write password
-                   or refresh_token to config.
+  degraded         refreshes fail, a login is due, a refresh's outcome is
+                   being resolved, or the record is held in memory because
+                   storage refused it; the token is served while it is
+                   valid (see last_error, next_attempt_at, unsaved)
+  reauth_required  only a new credential can help: the refresh token is
+                   gone and no password is stored, or the stored password
+                   was rejected. Write password or refresh_token to config.
 
 token_valid says whether token reads succeed now (a degraded mount whose
 token has expired fails them). The other fields give the token's and the

@@ -29,12 +29,11 @@ type snapshot struct {
 // bearer is the token_type value, boxed once.
 var bearer any = "Bearer"
 
-// never is an actAt for a record no read can change: only an operator can.
+// never is the actAt of a record only an operator can change.
 var never = time.Unix(1<<62, 0)
 
-// publish makes r what reads are answered from. epoch is b.epoch as it was
-// before r was loaded: if Invalidate ran since, the copy is dropped again.
-// The caller holds refreshMu.
+// publish makes r what reads are answered from; epoch is b.epoch before r
+// was loaded: if Invalidate ran since, the copy is dropped. Under refreshMu.
 func (b *backend) publish(epoch uint64, r *record) {
 	if !r.configured() {
 		b.snap.Store(nil)
@@ -79,17 +78,6 @@ func newSnapshot(r *record, now time.Time) *snapshot {
 		st.problem = "the token is due for replacement, but " + act.err().Error()
 	}
 	return st
-}
-
-// peek answers a read with a valid token from storage, without the lock, for
-// when another caller holds it and no snapshot is published (after a restart
-// or Invalidate). It returns nil when it cannot.
-func (b *backend) peek(ctx context.Context, storage logical.Storage, now time.Time) *logical.Response {
-	r, err := b.peekRecord(ctx, storage)
-	if err != nil || !r.configured() || !r.valid(now) {
-		return nil
-	}
-	return newSnapshot(r, now).response(now)
 }
 
 // answer is the token read's answer at now: the token, with a warning when
@@ -201,10 +189,10 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *fr
 		if !b.refreshMu.TryLock() {
 			return st.answer(now, nil)
 		}
-	default:
+	default: // no snapshot (after a restart or Invalidate): a valid stored token beats waiting
 		if !b.refreshMu.TryLock() {
-			if resp := b.peek(ctx, req.Storage, now); resp != nil {
-				return resp, nil
+			if r, err := b.peekRecord(ctx, req.Storage); err == nil && r.configured() && r.valid(now) {
+				return newSnapshot(r, now).answer(now, nil)
 			}
 			b.refreshMu.Lock()
 		}
@@ -219,7 +207,10 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *fr
 	if cur == nil {
 		cur = st
 	}
-	if cur == nil || errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured) {
+	switch {
+	case errors.Is(err, logical.ErrReadOnly) && cur != nil && cur.rec.valid(now):
+		return cur.answer(now, nil) // a standby serves a valid token; the active node replaces it
+	case cur == nil || errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured):
 		return respond(triggerRead, err)
 	}
 	return cur.answer(now, err)

@@ -281,7 +281,8 @@ func TestDegradedServesValidTokenWithWarning(t *testing.T) {
 }
 
 // TestStandbyReadReturnsReadOnly: a performance standby serves a valid token
-// from storage, but a due one makes Vault forward the read.
+// from storage, due or not (the active node replaces it), but an expired one
+// makes Vault forward the read.
 func TestStandbyReadReturnsReadOnly(t *testing.T) {
 	active := newTestEnv(t)
 	active.configure(nil)
@@ -293,6 +294,10 @@ func TestStandbyReadReturnsReadOnly(t *testing.T) {
 		t.Fatal("standby served another token")
 	}
 	active.clock.Add(55 * time.Minute)
+	if resp := standby.readToken(); len(resp.Warnings) != 0 {
+		t.Fatalf("a due, valid token on a standby: warnings %v", resp.Warnings)
+	}
+	active.clock.Add(6 * time.Minute)
 	_, err := standby.request(logical.ReadOperation, "token", nil)
 	if !errors.Is(err, logical.ErrReadOnly) {
 		t.Fatalf("err %v, want ErrReadOnly", err)

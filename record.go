@@ -98,9 +98,10 @@ func (r *record) refreshAt() time.Time {
 	return r.expiresAt().Add(-r.margin())
 }
 
-// valid reports whether a bearer token is held that has not expired at now.
+// valid reports whether a bearer token is held that has not expired at now
+// (and is not of unknown age: obtained on a clock since set back).
 func (r *record) valid(now time.Time) bool {
-	return r.Token != "" && now.Before(r.expiresAt())
+	return r.Token != "" && now.Before(r.expiresAt()) && !ahead(now, r.ObtainedAt)
 }
 
 // needsReauth reports whether only an operator can help.
@@ -113,7 +114,7 @@ func (r *record) health() string {
 	switch {
 	case r.needsReauth():
 		return stateReauthRequired
-	case r.Failures > 0 || r.State == stateNeedLogin:
+	case r.Failures > 0 || r.State != stateReady || r.unsaved:
 		return stateDegraded
 	}
 	return stateHealthy
@@ -188,8 +189,8 @@ func getEntry[T any](ctx context.Context, s logical.Storage, key string) (*T, er
 	return v, nil
 }
 
-// legacySession is the v0.1.0 session entry. The fields it shares with the
-// record have the same names, and are decoded into it.
+// legacySession is the v0.1.0 session entry; what it shares with the record
+// has the same names and is decoded into it.
 type legacySession struct {
 	record
 	Identity      string    `json:"identity"`
@@ -213,15 +214,13 @@ func fromV010(cfg *config, s *legacySession) *record {
 	}
 	r := s.record
 	r.Config = *cfg
-	if s.Identity != cfg.identity() {
-		r.Token, r.RefreshToken, r.State = "", "", stateNeedLogin
-		r.LastError = "the stored session belonged to another base_url, username or account_id than the config"
-		return &r
-	}
 	r.LastCallAt = later(s.LastRefreshAt, s.LastErrorAt)
 	r.HoldUntil = later(r.LastCallAt.Add(minCallInterval), s.RetryAfterUntil)
 	r.NotBefore = later(r.HoldUntil, s.NextAttemptAt)
 	switch {
+	case s.Identity != cfg.identity():
+		r.Token, r.RefreshToken, r.State = "", "", stateNeedLogin
+		r.LastError = "the stored session belonged to another base_url, username or account_id than the config"
 	case s.ReauthRequired:
 		r.State = stateNeedReauth
 	case s.RefreshRejected:

@@ -39,16 +39,15 @@ func (b *backend) apply(ctx context.Context, storage logical.Storage, t trigger,
 
 // applyLocked is apply for a caller that holds refreshMu.
 func (b *backend) applyLocked(ctx context.Context, storage logical.Storage, t trigger, ch change) (*record, error) {
-	// What reads are answered from is what this node last stored or
-	// loaded, unless Invalidate dropped it: while it asks for no call,
-	// storage is not read again.
+	// The snapshot is what this node last stored or loaded (or nil after
+	// Invalidate): while it asks for no call, storage is not read again.
 	if snap := b.snap.Load(); snap != nil && ch == nil && b.held.Load() == nil {
 		if act := decide(snap.rec, b.now(), t); !act.calls() {
 			return snap.rec, act.err()
 		}
 	}
-	// Once a credential is sent, the caller going away must not stop the
-	// result from being stored: nothing below listens to it.
+	// Once anything is sent, the caller going away must not stop its result
+	// from being stored: nothing below listens to it.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
 	defer cancel()
 	epoch := b.epoch.Load()
@@ -59,6 +58,7 @@ func (b *backend) applyLocked(ctx context.Context, storage logical.Storage, t tr
 	r := prev
 	if ch != nil {
 		if r, t, err = ch(prev); err != nil {
+			b.publish(epoch, prev) // load may have stored a held record
 			return prev, err
 		}
 	}
@@ -93,7 +93,12 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 		if act.kind == actRefresh {
 			if err := putRecord(ctx, storage, r.marked(sentAt)); err != nil {
 				b.Logger().Error("refresh not attempted: storing its marker failed", "error", err)
-				return prev, fmt.Errorf("refresh not attempted, nothing changed: storing its marker failed: %w", err)
+				err = fmt.Errorf("refresh not attempted: storing its marker failed: %w", err)
+				if t.kind == triggerCredential {
+					return prev, fmt.Errorf("nothing changed: %w", err)
+				}
+				r, callErr = settle(r, act.kind, nil, err, sentAt, b.now()), err // a failure, with its backoff
+				break
 			}
 			marked = true
 		}
@@ -111,7 +116,8 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 	if r == prev {
 		return r, callErr
 	}
-	if err := b.store(ctx, storage, r); err != nil {
+	saved, err := b.store(ctx, storage, r)
+	if err != nil {
 		if !marked && (t.kind == triggerCredential || t.kind == triggerTune) {
 			b.Logger().Error("config not stored; nothing changed", "error", err)
 			return prev, fmt.Errorf("storing the config failed, nothing changed: %w", err)
@@ -122,7 +128,7 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 		}
 		return held, &appliedError{fmt.Errorf("%w: %v", errNotStored, err)}
 	}
-	return r, callErr
+	return saved, callErr
 }
 
 // refuse answers a config write whose call failed: nothing changes but the
@@ -130,18 +136,20 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 func (b *backend) refuse(ctx context.Context, storage logical.Storage, prev *record, marked bool, sentAt time.Time, err error) (*record, error) {
 	next := refused(prev, sentAt, b.now(), err)
 	b.Logger().Warn("config write: Teletracker call failed; nothing changed", "error", err)
-	if serr := b.store(ctx, storage, next); serr != nil {
+	saved, serr := b.store(ctx, storage, next)
+	switch {
+	case serr == nil:
+		next = saved
+	case marked:
+		// The marker stands in storage: put it right later.
 		b.Logger().Error("putting back the previous record failed", "error", serr)
-		if marked {
-			// The marker stands in storage: put it right later.
-			next = b.hold(next, serr)
-		}
+		next = b.hold(next, serr)
 	}
 	return next, err
 }
 
-// hold keeps r, which storage refused, in memory: it is served, stored
-// before anything else is done, and no call is made until it is.
+// hold keeps r, which storage refused, in memory: served, stored before
+// anything else is done, and no call is made until it is.
 func (b *backend) hold(r *record, err error) *record {
 	held := *r
 	held.unsaved = true
@@ -154,13 +162,15 @@ func (b *backend) hold(r *record, err error) *record {
 // may write), else the stored one, moved from the v0.1.0 layout if need be.
 func (b *backend) load(ctx context.Context, storage logical.Storage) (*record, error) {
 	if h := b.held.Load(); h != nil {
-		if !b.WriteSafeReplicationState() || b.store(ctx, storage, h) != nil {
+		if !b.WriteSafeReplicationState() {
+			return h, nil
+		}
+		saved, err := b.store(ctx, storage, h)
+		if err != nil {
 			return h, nil
 		}
 		b.Logger().Info("held record is now stored", "generation", h.Generation)
-		saved := *h
-		saved.unsaved = false
-		return &saved, nil
+		return saved, nil
 	}
 	r, legacy, err := getRecord(ctx, storage)
 	if err != nil || !legacy || !b.WriteSafeReplicationState() {
@@ -176,23 +186,26 @@ func (b *backend) load(ctx context.Context, storage logical.Storage) (*record, e
 	return r, nil
 }
 
-// store puts r, retrying with a doubling pause while ctx allows. Once it
-// succeeds, no record is held: r was made from it.
-func (b *backend) store(ctx context.Context, storage logical.Storage, r *record) error {
+// store puts r, retrying with a doubling pause while ctx allows, and returns
+// r as stored. Once it succeeds, no record is held (r was made from it), and
+// the copy returned is not marked unsaved, whatever r was made from.
+func (b *backend) store(ctx context.Context, storage logical.Storage, r *record) (*record, error) {
 	delay := saveRetryDelay
 	for i := 1; ; i++ {
 		err := putRecord(ctx, storage, r)
 		if err == nil {
 			b.held.Store(nil)
-			return nil
+			saved := *r
+			saved.unsaved = false
+			return &saved, nil
 		}
 		if i == saveAttempts {
-			return err
+			return nil, err
 		}
 		select {
 		case <-time.After(delay):
 		case <-ctx.Done():
-			return err
+			return nil, err
 		}
 		delay *= 2
 	}

@@ -3,6 +3,7 @@ package teletracker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -773,5 +774,188 @@ func TestFailedDeleteKeepsHeldRecord(t *testing.T) {
 	e.clock.Add(time.Minute)
 	_ = e.tick()
 	e.readLive()
+	e.wantNoReuse()
+}
+
+// holdOverMarker makes the refresh at 49 m hold its result in memory over
+// its stored marker, storage refusing every Put after the marker.
+func (e *testEnv) holdOverMarker() {
+	e.t.Helper()
+	e.clock.Add(49 * time.Minute)
+	e.storage.skipPuts.Store(1)
+	e.storage.failPuts.Store(-1)
+	_ = e.tick()
+	if e.b.held.Load() == nil {
+		e.t.Fatal("setup: no record held")
+	}
+}
+
+// wantRefreshesGoOn runs 70 minutes of ticks and reads with storage working
+// and fails unless the mount went on refreshing and serving live tokens.
+func (e *testEnv) wantRefreshesGoOn() {
+	e.t.Helper()
+	calls := e.fake.Stats().RefreshCalls
+	for i := 0; i < 70; i++ {
+		e.clock.Add(time.Minute)
+		_ = e.tick()
+		e.readLive()
+	}
+	if got := e.fake.Stats().RefreshCalls - calls; got < 1 {
+		e.t.Fatalf("no refresh in 70 minutes with storage working; status %v", e.status())
+	}
+	if s := e.status(); s["unsaved"] != false || s["token_valid"] != true || s["state"] != stateHealthy {
+		e.t.Fatalf("status %v", s)
+	}
+	e.wantNoReuse()
+}
+
+// TestTuneWriteOverHeldRecordKeepsRefreshing: a tune write that stores the
+// held record (made from it) clears its mark; nothing stays "held".
+func TestTuneWriteOverHeldRecordKeepsRefreshing(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.holdOverMarker()
+	e.storage.failPuts.Store(saveAttempts) // load cannot store it; the write's own Put can
+	e.clock.Add(time.Minute)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"refresh_margin": "15m"})
+	if e.b.held.Load() != nil || e.stored().State != stateReady {
+		t.Fatal("setup: the tune write did not store the held record")
+	}
+	e.wantRefreshesGoOn()
+}
+
+// TestRefusedWriteOverHeldRecordKeepsRefreshing: a config write refused for
+// its input after load stored the held record publishes what load stored.
+func TestRefusedWriteOverHeldRecordKeepsRefreshing(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.holdOverMarker()
+	e.storage.failPuts.Store(0)
+	if resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"refresh_margin": "0"}); statusOf(resp, err) != http.StatusBadRequest {
+		t.Fatalf("setup: resp=%v err=%v", resp, err)
+	}
+	e.wantRefreshesGoOn()
+}
+
+// TestRejectedRefreshLoginChainHasAFloor: a refresh token rejected again and
+// again, each time followed by a successful login, makes no storm: the
+// login after a call within 10 s sets the floor.
+func TestRejectedRefreshLoginChainHasAFloor(t *testing.T) {
+	t.Run("reads, tokenLifetime 2s", func(t *testing.T) {
+		e := newTestEnv(t, withFake(func(o *fakett.Options) { o.TokenLifetime = 2 * time.Second }))
+		e.configure(nil)
+		e.fake.Fail("/auth/refresh", -1, fakett.Fault{Status: http.StatusUnauthorized})
+		before := e.fake.Stats()
+		for i := 0; i < 60; i++ {
+			e.clock.Add(time.Second)
+			_, _ = e.request(logical.ReadOperation, "token", nil)
+		}
+		st := e.fake.Stats()
+		if calls := st.LoginCalls + st.RefreshCalls - before.LoginCalls - before.RefreshCalls; calls > 14 {
+			t.Fatalf("%d calls to Teletracker in 60 s", calls)
+		}
+		e.wantRateBound(false)
+	})
+	t.Run("rotate once a second", func(t *testing.T) {
+		e := newTestEnv(t)
+		e.configure(nil)
+		e.fake.Fail("/auth/refresh", -1, fakett.Fault{Status: http.StatusUnauthorized})
+		e.clock.Add(time.Minute)
+		before := e.fake.Stats()
+		ok := 0
+		for i := 0; i < 30; i++ {
+			e.clock.Add(time.Second)
+			if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) == http.StatusOK {
+				ok++
+			}
+		}
+		st := e.fake.Stats()
+		if calls := st.LoginCalls + st.RefreshCalls - before.LoginCalls - before.RefreshCalls; ok > 4 || calls > 8 {
+			t.Fatalf("30 rotates in 30 s: %d succeeded, %d calls to Teletracker", ok, calls)
+		}
+	})
+}
+
+// TestStatusNotHealthyWhileNothingCanBeRefreshed: a record held in memory,
+// or a refresh not attempted because its marker could not be stored, is not
+// reported healthy.
+func TestStatusNotHealthyWhileNothingCanBeRefreshed(t *testing.T) {
+	for _, markerStored := range []bool{true, false} {
+		t.Run(fmt.Sprintf("marker stored=%v", markerStored), func(t *testing.T) {
+			e := newTestEnv(t)
+			e.configure(nil)
+			e.clock.Add(49 * time.Minute)
+			if markerStored {
+				e.storage.skipPuts.Store(1)
+			}
+			e.storage.failPuts.Store(-1)
+			for i := 0; i < 12; i++ {
+				_ = e.tick()
+				e.clock.Add(5 * time.Minute)
+			}
+			if s := e.status(); s["state"] != stateDegraded || s["unsaved"] != true {
+				t.Fatalf("status %v, want degraded and unsaved", s)
+			}
+			if !markerStored && !strings.Contains(e.status()["last_error"].(string), "storing its marker failed") {
+				t.Fatalf("the failure to store the marker is not recorded: %v", e.status())
+			}
+			if got := e.fake.Stats().RefreshCalls; got > 1 {
+				t.Fatalf("%d refresh calls while storage refused everything", got)
+			}
+		})
+	}
+}
+
+// TestMarkerOfNodeWithClockAhead: a node whose clock is a few seconds ahead
+// left a marker; this node still waits for its call to end.
+func TestMarkerOfNodeWithClockAhead(t *testing.T) {
+	e := newTestEnv(t)
+	seed := mustSession(t, e.fake)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed, "request_timeout": "30s"})
+	e.clock.Add(time.Minute)
+	e.store(e.stored().marked(e.clock.Now().Add(5 * time.Second)))
+	e.b = restart(t, e)
+	e.clock.Add(time.Second)
+	_ = e.tick()
+	if got := e.fake.Stats().RefreshCalls; got != 1 {
+		t.Fatalf("the marker of a node 5 s ahead was resolved 1 s after it was seen")
+	}
+	e.clock.Add(45 * time.Second)
+	_ = e.tick()
+	if got := e.fake.Stats().Refreshes; got != 2 {
+		t.Fatalf("the marker was not resolved once its call had surely ended: %d refreshes", got)
+	}
+}
+
+// TestTuneDoesNotShortenMarkerWait: the wait for a marked call is the one
+// set when it was sent; a later request_timeout does not shorten it.
+func TestTuneDoesNotShortenMarkerWait(t *testing.T) {
+	e := newTestEnv(t)
+	seed := mustSession(t, e.fake)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed, "request_timeout": "30s"})
+	e.clock.Add(time.Minute)
+	e.markInterrupted()
+	e.b = restart(t, e)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"request_timeout": "1s"})
+	e.clock.Add(15 * time.Second)
+	_ = e.tick()
+	if got := e.fake.Stats().RefreshCalls; got != 1 {
+		t.Fatal("the marker was resolved 15 s after its call was sent with a 30 s timeout")
+	}
+}
+
+// TestClockSetBackNeverServesExpiredToken: when only Vault's clock is set
+// back an hour, a token obtained "in the future" is of unknown age: it is
+// replaced at once, and nothing Teletracker no longer accepts is served.
+func TestClockSetBackNeverServesExpiredToken(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.readToken()
+	e.b.now = func() time.Time { return e.clock.Now().Add(-time.Hour) }
+	for i := 0; i < 70; i++ {
+		e.clock.Add(time.Minute)
+		_ = e.tick()
+		e.readLive()
+	}
 	e.wantNoReuse()
 }
