@@ -14,7 +14,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 60s
 
 # make release: every archive's files and the image carry the commit's time.
-PLATFORMS   ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64 freebsd/amd64 freebsd/arm64
+# PLATFORMS (os/arch list) narrows it; by default, all that scripts/release lists.
 IMAGE       ?= ghcr.io/teletracker/$(PLUGIN)
 GIT_EPOCH   := $(shell git log -1 --format=%ct 2>/dev/null)
 SOURCE_DATE_EPOCH ?= $(or $(GIT_EPOCH),0)
@@ -57,7 +57,7 @@ e2e: build fakett vault release
 # Archives, image and sums for every platform in dist/, the same bytes for
 # the same commit (scripts/release; -h lists its flags).
 release:
-	go run ./scripts/release -dist dist -version $(VERSION) -platforms "$(PLATFORMS)" \
+	go run ./scripts/release -dist dist -version $(VERSION) $(if $(PLATFORMS),-platforms "$(PLATFORMS)") \
 	  -image $(IMAGE) -revision "$(REVISION)" -source-date-epoch $(SOURCE_DATE_EPOCH)
 
 # Checks dist/: sums, archives, image, and a second build of linux/amd64

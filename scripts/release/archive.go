@@ -44,19 +44,18 @@ func writeTar(w io.Writer, files []archiveFile, modTime time.Time) error {
 	tw := tar.NewWriter(w)
 	for _, f := range files {
 		hdr := &tar.Header{Typeflag: tar.TypeDir, Name: f.name, Mode: f.mode, ModTime: modTime, Format: tar.FormatUSTAR}
+		var b []byte
 		if !strings.HasSuffix(f.name, "/") {
-			b, err := f.content()
-			if err != nil {
+			var err error
+			if b, err = f.content(); err != nil {
 				return err
 			}
 			hdr.Typeflag, hdr.Size = tar.TypeReg, int64(len(b))
-			if err := tw.WriteHeader(hdr); err != nil {
-				return err
-			}
-			if _, err := tw.Write(b); err != nil {
-				return err
-			}
-		} else if err := tw.WriteHeader(hdr); err != nil {
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if _, err := tw.Write(b); err != nil {
 			return err
 		}
 	}

@@ -72,9 +72,8 @@ type image struct {
 
 // platformImage is one platform's image as written to the layout.
 type platformImage struct {
-	platform platform
-	manifest descriptor
-	blobs    []descriptor // the config and the layer
+	platform                platform
+	manifest, config, layer descriptor
 }
 
 // writeLayout writes an OCI image layout to dir: one image index, tagged
@@ -149,7 +148,7 @@ func writePlatformImage(dir string, img image, p platform, binary string) (platf
 		return platformImage{}, err
 	}
 	m.Platform = &ociPlatform{Architecture: p.arch, OS: p.os}
-	return platformImage{platform: p, manifest: m, blobs: []descriptor{cfgDesc, layerDesc}}, nil
+	return platformImage{platform: p, manifest: m, config: cfgDesc, layer: layerDesc}, nil
 }
 
 // putJSON stores v, as JSON, as a blob of dir.

@@ -22,7 +22,7 @@ type dockerManifest struct {
 // It holds one platform only: the classic store would give the tag to
 // whichever platform it loaded last.
 func writeImageTar(out, dir string, pi platformImage, img image, ref string) error {
-	blobs := append([]descriptor{pi.manifest}, pi.blobs...)
+	blobs := []descriptor{pi.manifest, pi.config, pi.layer}
 	sort.Slice(blobs, func(i, j int) bool { return blobs[i].Digest < blobs[j].Digest })
 	files := []archiveFile{{name: "blobs/", mode: 0o755}, {name: "blobs/sha256/", mode: 0o755}}
 	for _, d := range blobs {
@@ -36,9 +36,9 @@ func writeImageTar(out, dir string, pi platformImage, img image, ref string) err
 	}
 	idx, _ := json.Marshal(index{SchemaVersion: 2, MediaType: mediaTypeIndex, Manifests: []descriptor{top}})
 	dm, _ := json.Marshal([]dockerManifest{{
-		Config:   blobName(pi.blobs[0]),
+		Config:   blobName(pi.config),
 		RepoTags: []string{ref},
-		Layers:   []string{blobName(pi.blobs[1])},
+		Layers:   []string{blobName(pi.layer)},
 	}})
 	files = append(files,
 		archiveFile{name: "index.json", data: idx, mode: 0o644},

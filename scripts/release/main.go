@@ -44,10 +44,15 @@ func main() {
 	var epoch int64
 	flag.StringVar(&o.dist, "dist", "dist", "output `directory`, emptied first")
 	flag.StringVar(&o.version, "version", "", "plugin `version`, vX.Y.Z (required)")
-	flag.StringVar(&platforms, "platforms", "linux/amd64 linux/arm64", "os/arch `list`, space- or comma-separated")
+	flag.StringVar(&platforms, "platforms", "linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 "+
+		"windows/amd64 windows/arm64 freebsd/amd64 freebsd/arm64", "os/arch `list`, space- or comma-separated; the linux ones make the image")
 	flag.StringVar(&o.imageName, "image", "ghcr.io/teletracker/"+pluginName, "image `name`, without tag")
 	flag.StringVar(&o.revision, "revision", "", "git `commit` the release is built from")
 	flag.Int64Var(&epoch, "source-date-epoch", 0, "time of every file and of the image, in Unix `seconds` (the commit's time)")
+	flag.Usage = func() {
+		fmt.Fprintln(flag.CommandLine.Output(), "usage: go run ./scripts/release -version vX.Y.Z [flags]   (make release sets them)")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 	var err error
 	if o.platforms, err = parsePlatforms(platforms); err == nil {
@@ -89,6 +94,23 @@ func release(o options) error {
 		}
 	}
 
+	if len(linux) > 0 {
+		tars, err := writeImages(o, version, linux)
+		if err != nil {
+			return err
+		}
+		archives = append(archives, tars...)
+	}
+	if err := writeSums(o.dist, archiveSums, archives); err != nil {
+		return err
+	}
+	return writeSums(o.dist, binarySums, binaries)
+}
+
+// writeImages writes the image of the linux platforms: the layout in
+// dist/image, and the tar of each platform for docker load, whose names it
+// returns.
+func writeImages(o options, version string, linux []platform) ([]string, error) {
 	img := image{tag: version, created: o.created, labels: map[string]string{
 		"org.opencontainers.image.title":       pluginName,
 		"org.opencontainers.image.description": "Teletracker secrets engine plugin for HashiCorp Vault",
@@ -98,23 +120,20 @@ func release(o options) error {
 		"org.opencontainers.image.created":     o.created.Format(time.RFC3339),
 		"org.opencontainers.image.licenses":    license,
 	}}
-	images, err := writeLayout(filepath.Join(o.dist, "image"), img, o.dist, linux)
+	layout := filepath.Join(o.dist, "image")
+	images, err := writeLayout(layout, img, o.dist, linux)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var tars []string
 	for _, pi := range images {
 		name := fmt.Sprintf("%s_%s_%s_%s_image.tar", pluginName, version, pi.platform.os, pi.platform.arch)
-		err := writeImageTar(filepath.Join(o.dist, name), filepath.Join(o.dist, "image"), pi, img, o.imageName+":"+version)
-		if err != nil {
-			return err
+		if err := writeImageTar(filepath.Join(o.dist, name), layout, pi, img, o.imageName+":"+version); err != nil {
+			return nil, err
 		}
-		archives = append(archives, name)
+		tars = append(tars, name)
 	}
-
-	if err := writeSums(o.dist, archiveSums, archives); err != nil {
-		return err
-	}
-	return writeSums(o.dist, binarySums, binaries)
+	return tars, nil
 }
 
 // writeArchive packs p's binary with the license and docs: a zip for
