@@ -1,17 +1,28 @@
 # Entry points. `make test` is what CI runs (.ci/run); `make dev` runs the
-# engine for real. Vault itself comes from scripts/vault.sh: `vault` on PATH
-# when it is recent enough, else a one-time build cached outside the tree.
+# engine for real; `make release` writes what a release ships into dist/.
+# Vault itself comes from scripts/vault.sh: `vault` on PATH when it is
+# recent enough, else a one-time build cached outside the tree.
 
 MODULE      := github.com/teletracker/vault-plugin-secrets-teletracker
 PLUGIN      := vault-plugin-secrets-teletracker
-VERSION     ?= v0.1.0
+# The version is the vX.Y.Z tag of the commit, or what git describe says
+# between tags (v0.2.0-3-gabc1234, -dirty with uncommitted changes).
+GIT_VERSION := $(shell git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null)
+VERSION     ?= $(or $(GIT_VERSION),v0.0.0-dev)
 LDFLAGS     := -X $(MODULE).Version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 60s
 
+# make release: every archive's files and the image carry the commit's time.
+# PLATFORMS (os/arch list) narrows it; by default, all that scripts/release lists.
+IMAGE       ?= ghcr.io/teletracker/$(PLUGIN)
+GIT_EPOCH   := $(shell git log -1 --format=%ct 2>/dev/null)
+SOURCE_DATE_EPOCH ?= $(or $(GIT_EPOCH),0)
+REVISION    ?= $(shell git rev-parse HEAD 2>/dev/null)
+
 export VERSION
 
-.PHONY: build fakett vault test lint unit rules e2e dev dev-stop bench soak ha-test fuzz clean
+.PHONY: build fakett vault test lint unit rules e2e release release-test dev dev-stop bench soak ha-test fuzz clean
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
@@ -23,9 +34,12 @@ vault:
 	@scripts/vault.sh >/dev/null
 
 # Vault's one-time build (minutes) runs beside the linters and unit tests.
+# Then the release is built once, for its checks and the e2e tests, for the
+# two platforms the image needs: each other platform would add about a
+# minute of compiling on a fresh two-core machine.
 test:
 	@$(MAKE) --no-print-directory -j2 --output-sync=target vault lint unit rules
-	@$(MAKE) --no-print-directory e2e
+	@$(MAKE) --no-print-directory release-test e2e PLATFORMS="linux/amd64 linux/arm64"
 
 lint:
 	go vet ./...
@@ -46,9 +60,21 @@ rules:
 	  (cd "$$dir" && "$$promtool" check config prometheus.yml) && \
 	  "$$promtool" test rules examples/prometheus/alerts_test.yml
 
-e2e: build fakett vault
+e2e: build fakett vault release
 	VAULT_BIN=$$(scripts/vault.sh) PLUGIN_BIN=$(CURDIR)/bin/$(PLUGIN) FAKETT_BIN=$(CURDIR)/bin/fakett \
-	  go test -count=1 -parallel 4 -timeout 20m ./e2e/
+	  DIST_DIR=$(CURDIR)/dist go test -count=1 -parallel 4 -timeout 20m ./e2e/
+
+# Archives, image and sums for every platform in dist/, the same bytes for
+# the same commit (scripts/release; -h lists its flags).
+release:
+	go run ./scripts/release -dist dist -version $(VERSION) $(if $(PLATFORMS),-platforms "$(PLATFORMS)") \
+	  -image $(IMAGE) -revision "$(REVISION)" -source-date-epoch $(SOURCE_DATE_EPOCH)
+
+# Checks dist/: sums, archives, image, and a second build of linux/amd64
+# from an empty build cache that must give the same binary.
+release-test: release
+	DIST_DIR=$(CURDIR)/dist IMAGE=$(IMAGE) SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
+	  go test -count=1 -timeout 15m ./scripts/release/
 
 dev: build fakett
 	@scripts/dev.sh start
@@ -74,4 +100,4 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzConfigWrite$$' -fuzztime $(FUZZTIME) .
 
 clean:
-	rm -rf bin
+	rm -rf bin dist

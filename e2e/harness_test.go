@@ -224,6 +224,12 @@ type vaultServer struct {
 
 // startDevVault starts `vault server -dev` on loopback with the plugin dir.
 func startDevVault(name string) (*vaultServer, error) {
+	return startDevVaultIn(name, env.pluginDir)
+}
+
+// startDevVaultIn starts `vault server -dev` on loopback with pluginDir as
+// its plugin_directory.
+func startDevVaultIn(name, pluginDir string) (*vaultServer, error) {
 	port, err := freePortPair()
 	if err != nil {
 		return nil, err
@@ -231,7 +237,7 @@ func startDevVault(name string) (*vaultServer, error) {
 	return startVault(name, []string{
 		"server", "-dev", "-dev-root-token-id=" + rootToken,
 		"-dev-listen-address=127.0.0.1:" + strconv.Itoa(port),
-		"-dev-plugin-dir=" + env.pluginDir, "-log-level=debug",
+		"-dev-plugin-dir=" + pluginDir, "-log-level=debug",
 	}, "http://127.0.0.1:"+strconv.Itoa(port), rootToken)
 }
 
