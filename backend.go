@@ -54,6 +54,14 @@ type backend struct {
 
 	// now is Vault's clock; tests replace it.
 	now func() time.Time
+	// mono is a clock that never goes back (time.Now's monotonic reading),
+	// for the least time between two calls of this mount; tests replace it.
+	mono func() time.Time
+	// lastCall is when this process last called Teletracker for the mount,
+	// on mono; guarded by refreshMu.
+	lastCall time.Time
+	// proc is what the mounts of the plugin process share (process.go).
+	proc *process
 	// storage is the mount's storage, for Clean, which gets none.
 	storage logical.Storage
 
@@ -74,18 +82,9 @@ type backend struct {
 	metrics *metrics
 }
 
-// Factory returns a configured backend for one mount.
-func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
-	b := newBackend()
-	b.storage = conf.StorageView
-	if err := b.Setup(ctx, conf); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
-func newBackend() *backend {
-	b := &backend{now: time.Now, metrics: newMetrics()}
+// newBackend is one mount of the engine in process p.
+func newBackend(p *process) *backend {
+	b := &backend{now: time.Now, mono: time.Now, proc: p, metrics: newMetrics()}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -163,7 +162,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 
 // clean runs when the mount goes away (unmount, plugin reload, step-down,
 // shutdown). It waits for a call under way to store its result, makes a
-// last attempt to store a held record, and releases the HTTP client.
+// last attempt to store a held record, and drops the HTTP client.
 func (b *backend) clean(ctx context.Context) {
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
@@ -174,10 +173,7 @@ func (b *backend) clean(ctx context.Context) {
 			b.Logger().Error("a held record was lost with the mount: it could not be stored", "error", err, "generation", h.Generation)
 		}
 	}
-	if b.client != nil {
-		b.client.http.CloseIdleConnections()
-		b.client = nil
-	}
+	b.client = nil // its transport is the process's
 }
 
 // clientFor returns the HTTP client for cfg, building a new one when the
@@ -187,15 +183,12 @@ func (b *backend) clientFor(cfg *config) (*client, error) {
 	if b.client != nil && b.clientKey == key {
 		return b.client, nil
 	}
-	c, err := newClient(cfg, b.now)
+	t, err := b.proc.transport(cfg.CACert)
 	if err != nil {
 		return nil, err
 	}
-	if b.client != nil {
-		b.client.http.CloseIdleConnections()
-	}
-	b.client, b.clientKey = c, key
-	return c, nil
+	b.client, b.clientKey = newClient(cfg, t, b.now), key
+	return b.client, nil
 }
 
 const backendHelp = `

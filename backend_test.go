@@ -28,9 +28,10 @@ var testStart = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 // testClock is a clock the test moves by hand. The fake Teletracker and the
 // backend share it, so tokens expire on the fake when the backend expects.
+// Its monotonic twin, like Go's, only moves forward.
 type testClock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu      sync.Mutex
+	t, mono time.Time
 }
 
 func (c *testClock) Now() time.Time {
@@ -39,10 +40,18 @@ func (c *testClock) Now() time.Time {
 	return c.t
 }
 
+// Mono is the clock's monotonic twin.
+func (c *testClock) Mono() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mono
+}
+
 func (c *testClock) Add(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
+	c.mono = c.mono.Add(max(d, 0))
 }
 
 // faultyStorage fails Put when told to and, like Vault's storage across the
@@ -146,7 +155,7 @@ func withFake(f func(*fakett.Options)) envOption {
 
 func newTestEnv(t testing.TB, opts ...envOption) *testEnv {
 	t.Helper()
-	clock := &testClock{t: testStart}
+	clock := &testClock{t: testStart, mono: testStart}
 	fo := fakett.Options{Now: clock.Now}
 	conf := logical.TestBackendConfig()
 	sys := conf.System.(*logical.StaticSystemView)
@@ -162,8 +171,8 @@ func newTestEnv(t testing.TB, opts ...envOption) *testEnv {
 	storage := &faultyStorage{Storage: &logical.InmemStorage{}}
 	conf.StorageView = storage
 
-	b := newBackend()
-	b.now = clock.Now
+	b := newBackend(newProcess())
+	b.now, b.mono = clock.Now, clock.Mono
 	b.storage = storage
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
@@ -312,7 +321,7 @@ func (e *testEnv) checkNoSecretsLogged() {
 func TestFactory(t *testing.T) {
 	conf := logical.TestBackendConfig()
 	conf.StorageView = &logical.InmemStorage{}
-	b, err := Factory(context.Background(), conf)
+	b, err := NewFactory()(context.Background(), conf)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -113,23 +113,10 @@ type client struct {
 	now func() time.Time
 }
 
-// newClient builds a client for cfg. Redirects are not followed, so a
-// credential is never sent anywhere but base_url.
-func newClient(cfg *config, now func() time.Time) (*client, error) {
-	pool, err := certPool(cfg.CACert)
-	if err != nil {
-		return nil, err
-	}
-	transport := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: cfg.RequestTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   cfg.RequestTimeout,
-		ResponseHeaderTimeout: cfg.RequestTimeout,
-		MaxIdleConnsPerHost:   2,
-		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
-	}
+// newClient is a client for cfg over transport (the process's, for cfg's
+// ca_cert). Redirects are not followed, so a credential is never sent
+// anywhere but base_url.
+func newClient(cfg *config, transport *http.Transport, now func() time.Time) *client {
 	return &client{
 		baseURL: strings.TrimRight(cfg.BaseURL, "/"),
 		http: &http.Client{
@@ -140,7 +127,7 @@ func newClient(cfg *config, now func() time.Time) (*client, error) {
 			},
 		},
 		now: now,
-	}, nil
+	}
 }
 
 // certPool is the system roots plus caPEM's certificates (nil for none: TLS

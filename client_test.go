@@ -101,12 +101,12 @@ func TestParseResponseAny2xxIsProcessed(t *testing.T) {
 // testClient is a client for url with a 2 s timeout.
 func testClient(t *testing.T, url string) *client {
 	t.Helper()
-	c, err := newClient(&config{BaseURL: url, RequestTimeout: 2 * time.Second}, time.Now)
+	tr, err := newProcess().transport("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.http.CloseIdleConnections)
-	return c
+	t.Cleanup(tr.CloseIdleConnections)
+	return newClient(&config{BaseURL: url, RequestTimeout: 2 * time.Second}, tr, time.Now)
 }
 
 func TestClientDoesNotFollowRedirects(t *testing.T) {

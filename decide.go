@@ -14,10 +14,8 @@ import (
 const (
 	// tickInterval is how often Vault calls PeriodicFunc.
 	tickInterval = time.Minute
-	// minCallInterval is the least time between a refresh, or a failed
-	// call, and the next call of a mount to Teletracker, whatever clocks,
-	// lifetimes or callers say. (A successful login may be followed by one
-	// refresh at once; a rejected refresh token by one login at once.)
+	// minCallInterval is the least time between two calls of a mount to
+	// Teletracker, whatever clocks, lifetimes or callers say.
 	minCallInterval = 10 * time.Second
 	// minRetryInterval is the first backoff after a failed call.
 	minRetryInterval = 30 * time.Second
@@ -170,10 +168,16 @@ func backoff(n int) time.Duration {
 // (request_timeout, as it is now) and the floor after it.
 func (r *record) marked(sentAt time.Time) *record {
 	next := *r
-	next.State, next.InFlightAt, next.LastCallAt = stateInFlight, sentAt, sentAt
-	next.HoldUntil = later(r.HoldUntil, sentAt.Add(r.Config.RequestTimeout+minCallInterval))
-	next.NotBefore = later(r.NotBefore, next.HoldUntil)
+	next.State, next.InFlightAt = stateInFlight, sentAt
+	next.markWaits()
 	return &next
+}
+
+// markWaits sets the waits of a refresh in flight since InFlightAt.
+func (r *record) markWaits() {
+	r.LastCallAt = r.InFlightAt
+	r.HoldUntil = r.InFlightAt.Add(r.Config.RequestTimeout + minCallInterval)
+	r.NotBefore = r.HoldUntil
 }
 
 // settle is r after the call kind, sent at sentAt and answered at now with
@@ -195,9 +199,7 @@ func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Ti
 	if err == nil {
 		next.Token, next.Lifetime, next.ObtainedAt = g.token, g.lifetime, sentAt
 		next.Failures, next.FailingSince = 0, time.Time{}
-		// A login sets the floor too, unless it came 10 s or more after the
-		// call before it: no more than two calls fall within 10 s.
-		next.limit(sentAt, now, 0, kind == actRefresh || (!ahead(sentAt, r.LastCallAt) && sentAt.Sub(r.LastCallAt) < minCallInterval))
+		next.limit(sentAt, now, 0)
 		return &next
 	}
 	var ue *upstreamError
@@ -206,10 +208,10 @@ func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Ti
 	}
 	next.LastError, next.LastErrorAt = err.Error(), sentAt
 	if kind == actRefresh && (ue.kind == failRejected || ue.kind == failSpent) {
-		// An answer, not a failure: the refresh token is gone. Log in at
-		// once if a password is stored (the waits stay as they were; the
-		// login's floor counts from this call).
-		next.State, next.InFlightAt, next.LastCallAt = stateNeedLogin, time.Time{}, sentAt
+		// An answer, not a failure: the refresh token is gone. The next
+		// call, after the floor, logs in if a password is stored.
+		next.State, next.InFlightAt = stateNeedLogin, time.Time{}
+		next.limit(sentAt, now, 0)
 		next.LastError = "refresh token no longer usable: " + err.Error()
 		if r.State == stateInFlight {
 			next.LastError = fmt.Sprintf("a refresh started at %s was interrupted (its result was never stored), and Teletracker now refuses its refresh token: %s",
@@ -225,7 +227,7 @@ func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Ti
 	if next.Failures == 1 {
 		next.FailingSince = sentAt
 	}
-	next.limit(sentAt, now, ue.retryAfter, true)
+	next.limit(sentAt, now, ue.retryAfter)
 	next.NotBefore = later(next.NotBefore, now.Add(backoff(next.Failures)))
 	switch {
 	case g != nil:
@@ -255,18 +257,18 @@ func refused(prev *record, sentAt, now time.Time, err error) *record {
 		retryAfter = ue.retryAfter
 	}
 	notBefore := next.NotBefore
-	next.limit(sentAt, now, retryAfter, true)
+	if ahead(sentAt, next.LastCallAt) {
+		notBefore = time.Time{} // set on a clock since set back
+	}
+	next.limit(sentAt, now, retryAfter)
 	next.NotBefore = later(notBefore, next.HoldUntil)
 	return next
 }
 
 // limit sets the waits after a call sent at sentAt and answered at now: the
-// floor (when floor is set) and Retry-After (when retryAfter is not 0).
-func (r *record) limit(sentAt, now time.Time, retryAfter time.Duration, floor bool) {
-	r.LastCallAt, r.HoldUntil = sentAt, sentAt
-	if floor {
-		r.HoldUntil = sentAt.Add(minCallInterval)
-	}
+// floor, and Retry-After (when retryAfter is not 0).
+func (r *record) limit(sentAt, now time.Time, retryAfter time.Duration) {
+	r.LastCallAt, r.HoldUntil = sentAt, sentAt.Add(minCallInterval)
 	if retryAfter > 0 {
 		r.HoldUntil = later(r.HoldUntil, now.Add(retryAfter))
 	}

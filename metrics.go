@@ -50,6 +50,8 @@ func newMetrics() *metrics {
 		m.refreshes.WithLabelValues(o)
 		m.logins.WithLabelValues(o)
 	}
+	m.latency.WithLabelValues("refresh")
+	m.latency.WithLabelValues("login")
 	m.registry.MustRegister(m.reads, m.refreshes, m.logins, m.latency)
 	return m
 }

@@ -91,7 +91,9 @@ func TestMetricsMoveWithEvents(t *testing.T) {
 	e.mustRequest(logical.UpdateOperation, "rotate", nil) // the login
 	e.clock.Add(time.Minute)
 	e.fake.RevokeAll()
-	e.mustRequest(logical.UpdateOperation, "rotate", nil) // rejected, then a login
+	_, _ = e.request(logical.UpdateOperation, "rotate", nil) // rejected
+	e.clock.Add(minCallInterval)
+	e.mustRequest(logical.UpdateOperation, "rotate", nil) // the login
 
 	m = e.scrape()
 	want := map[string]float64{

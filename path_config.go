@@ -271,16 +271,22 @@ func parseConfigWrite(prev *record, d *framework.FieldData) (next *record, crede
 	if newAccount && !credential && !passwordSent && seed == "" {
 		return nil, false, invalid("changing base_url, username or account_id needs password (or refresh_token) in the same write: a stored password is never sent to another account")
 	}
+	if newAccount && !passwordSent {
+		cfg.Password = "" // the old account's: never sent to the new one
+	}
 	credential = credential || passwordSent || seed != "" || newAccount
-	switch {
-	case seed != "":
-		r.State, r.InFlightAt, r.RefreshToken = stateReady, time.Time{}, seed
-		r.Token, r.Lifetime, r.ObtainedAt, r.RefreshTokenExpiresAt = "", 0, time.Time{}, time.Time{}
-	case !credential:
-	case cfg.Username == "" || cfg.Password == "":
+	if credential && seed == "" && (cfg.Username == "" || cfg.Password == "") {
 		return nil, false, invalid("username and password are required to log in (or give refresh_token to seed an existing session)")
-	default:
+	}
+	if seed != "" || newAccount {
+		// The session is the old account's, or replaced by the one given.
+		r.Token, r.Lifetime, r.ObtainedAt, r.RefreshTokenExpiresAt, r.RefreshToken = "", 0, time.Time{}, time.Time{}, seed
+	}
+	if credential {
 		r.State, r.InFlightAt = stateNeedLogin, time.Time{}
+		if seed != "" {
+			r.State = stateReady
+		}
 	}
 	return r, credential, nil
 }

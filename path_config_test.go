@@ -347,7 +347,7 @@ func statusOf(resp *logical.Response, err error) int {
 
 // fieldData is d as the config path would see it.
 func fieldData(d map[string]interface{}) *framework.FieldData {
-	return &framework.FieldData{Raw: d, Schema: pathConfig(newBackend()).Fields}
+	return &framework.FieldData{Raw: d, Schema: pathConfig(newBackend(newProcess())).Fields}
 }
 
 // withHeader is the PEM block pemText with a header line, which TLS clients
@@ -406,7 +406,7 @@ func FuzzConfigWrite(f *testing.F) {
 		if c.AccountID < 0 || (r.State != stateReady && (c.Username == "" || c.Password == "")) {
 			t.Fatalf("accepted %+v", c)
 		}
-		if _, err := newClient(c, time.Now); err != nil {
+		if _, err := newProcess().transport(c.CACert); err != nil {
 			t.Fatalf("accepted a config no client can be built from: %v", err)
 		}
 	})

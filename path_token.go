@@ -102,7 +102,7 @@ func (st *snapshot) answer(now time.Time, cause error) (*logical.Response, error
 	if st.token == "" {
 		return nil, logical.CodedError(http.StatusBadGateway, "no Teletracker token is held: "+why)
 	}
-	return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("the Teletracker token expired at %s and could not be replaced: %s",
+	return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("the Teletracker token expires at %s and could not be replaced: %s",
 		st.expiresAtText, why))
 }
 
@@ -207,10 +207,7 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *fr
 	if cur == nil {
 		cur = st
 	}
-	switch {
-	case errors.Is(err, logical.ErrReadOnly) && cur != nil && cur.rec.valid(now):
-		return cur.answer(now, nil) // a standby serves a valid token; the active node replaces it
-	case cur == nil || errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured):
+	if cur == nil || errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured) {
 		return respond(triggerRead, err)
 	}
 	return cur.answer(now, err)

@@ -244,7 +244,7 @@ func TestExpiredTokenNeverServed(t *testing.T) {
 		t.Fatalf("resp=%v err=%v, want 502", resp, err)
 	}
 	msg := err.Error()
-	for _, want := range []string{"expired at " + testStart.Add(time.Hour).Format(time.RFC3339), "HTTP 503", "failed 1 times since"} {
+	for _, want := range []string{"expires at " + testStart.Add(time.Hour).Format(time.RFC3339), "HTTP 503", "failed 1 times since"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q does not say %q", msg, want)
 		}
@@ -281,8 +281,8 @@ func TestDegradedServesValidTokenWithWarning(t *testing.T) {
 }
 
 // TestStandbyReadReturnsReadOnly: a performance standby serves a valid token
-// from storage, due or not (the active node replaces it), but an expired one
-// makes Vault forward the read.
+// from storage, but a due one makes Vault forward the read (the standby's
+// clock may be behind the active node's).
 func TestStandbyReadReturnsReadOnly(t *testing.T) {
 	active := newTestEnv(t)
 	active.configure(nil)
@@ -294,10 +294,6 @@ func TestStandbyReadReturnsReadOnly(t *testing.T) {
 		t.Fatal("standby served another token")
 	}
 	active.clock.Add(55 * time.Minute)
-	if resp := standby.readToken(); len(resp.Warnings) != 0 {
-		t.Fatalf("a due, valid token on a standby: warnings %v", resp.Warnings)
-	}
-	active.clock.Add(6 * time.Minute)
 	_, err := standby.request(logical.ReadOperation, "token", nil)
 	if !errors.Is(err, logical.ErrReadOnly) {
 		t.Fatalf("err %v, want ErrReadOnly", err)
@@ -475,7 +471,7 @@ func TestTokenReadSkipsFrameworkWork(t *testing.T) {
 	sys := &countingSystemView{StaticSystemView: conf.System.(*logical.StaticSystemView)}
 	conf.System = sys
 	conf.StorageView = &logical.InmemStorage{}
-	b := newBackend()
+	b := newBackend(newProcess())
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
 	}

@@ -98,10 +98,13 @@ func (r *record) refreshAt() time.Time {
 	return r.expiresAt().Add(-r.margin())
 }
 
-// valid reports whether a bearer token is held that has not expired at now
-// (and is not of unknown age: obtained on a clock since set back).
+// valid reports whether a bearer token is held that is not of unknown age
+// (obtained on a clock since set back) and has not expired at now on any
+// node: it is served until a minute (a quarter of its lifetime, if less)
+// before its expiry, as far as the nodes' clocks may disagree.
 func (r *record) valid(now time.Time) bool {
-	return r.Token != "" && now.Before(r.expiresAt()) && !ahead(now, r.ObtainedAt)
+	guard := min(maxClockSkew, r.Lifetime/4)
+	return r.Token != "" && now.Before(r.expiresAt().Add(-guard)) && !ahead(now, r.ObtainedAt)
 }
 
 // needsReauth reports whether only an operator can help.
@@ -227,6 +230,7 @@ func fromV010(cfg *config, s *legacySession) *record {
 		r.State = stateNeedLogin
 	case s.Pending != nil:
 		r.State, r.InFlightAt = stateInFlight, s.Pending.StartedAt
+		r.markWaits()
 	default:
 		r.State = stateReady
 	}

@@ -14,8 +14,6 @@ import (
 // result → publish. decide.go says when; this file only does it.
 
 const (
-	// maxCalls bounds one apply: a refresh, and the login after a rejection.
-	maxCalls = 2
 	// applyTimeout bounds an apply detached from its caller: two calls and
 	// the storage around them, under Vault's 90 s request limit.
 	applyTimeout = 2*maxRequestTimeout + 15*time.Second
@@ -75,19 +73,24 @@ func (b *backend) applyLocked(ctx context.Context, storage logical.Storage, t tr
 func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *record, t trigger) (*record, error) {
 	var callErr error
 	marked := false
-	for calls := 0; calls < maxCalls; calls++ {
+	for once := true; once; once = false { // one call per request at most
 		act := decide(r, b.now(), t)
 		if !act.calls() {
-			if calls == 0 {
-				if t.kind == triggerCredential {
-					return prev, act.err() // a write that cannot call changes nothing
-				}
-				callErr = act.err()
+			if t.kind == triggerCredential {
+				return prev, act.err() // a write that cannot call changes nothing
 			}
+			callErr = act.err()
 			break
 		}
 		if !b.WriteSafeReplicationState() {
 			return prev, logical.ErrReadOnly // Vault forwards the request to the active node
+		}
+		if err := b.pace(ctx); err != nil {
+			if t.kind == triggerCredential {
+				return prev, err
+			}
+			callErr = err // deferred, not failed: the process's calls are paced
+			break
 		}
 		sentAt := b.now()
 		if act.kind == actRefresh {
@@ -225,6 +228,7 @@ func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refres
 	if err == nil {
 		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 		start := time.Now()
+		b.lastCall = b.mono()
 		if kind == actLogin {
 			g, err = c.login(ctx, cfg.Username, cfg.Password, cfg.AccountID)
 		} else {
@@ -232,8 +236,6 @@ func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refres
 		}
 		cancel()
 		b.metrics.observe(kind, time.Since(start), err)
-	} else {
-		b.metrics.observe(kind, 0, err)
 	}
 	if err != nil {
 		b.Logger().Warn("teletracker call failed", "op", op, "error", err)

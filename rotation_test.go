@@ -27,9 +27,9 @@ var upstreamFaults = []struct {
 	state string
 	login bool // the engine is expected to log in again
 }{
-	{name: "400", fault: fakett.Fault{Status: 400}, state: stateHealthy, login: true},
-	{name: "401", fault: fakett.Fault{Status: 401}, state: stateHealthy, login: true},
-	{name: "403", fault: fakett.Fault{Status: 403}, state: stateHealthy, login: true},
+	{name: "400", fault: fakett.Fault{Status: 400}, state: stateDegraded, login: true},
+	{name: "401", fault: fakett.Fault{Status: 401}, state: stateDegraded, login: true},
+	{name: "403", fault: fakett.Fault{Status: 403}, state: stateDegraded, login: true},
 	{name: "404", fault: fakett.Fault{Status: 404}, state: stateDegraded},
 	{name: "500", fault: fakett.Fault{Status: 500}, state: stateDegraded},
 	{name: "502", fault: fakett.Fault{Status: 502}, state: stateDegraded},
@@ -41,7 +41,7 @@ var upstreamFaults = []struct {
 	{name: "malformed JSON", fault: fakett.Fault{Body: `{"success":true,"token":`}, state: stateDegraded, login: true},
 	{name: "success false", fault: fakett.Fault{Body: `{"success":false,"error":"try later"}`}, state: stateDegraded},
 	{name: "missing token", fault: fakett.Fault{Omit: []string{"token"}}, state: stateDegraded},
-	{name: "missing refresh token", fault: fakett.Fault{Omit: []string{"refreshToken"}}, state: stateHealthy, login: true},
+	{name: "missing refresh token", fault: fakett.Fault{Omit: []string{"refreshToken"}}, state: stateDegraded, login: true},
 	{name: "missing expirations", fault: fakett.Fault{Omit: []string{"tokenExpiration", "refreshTokenExpiration"}}, state: stateHealthy},
 	{name: "zero lifetime", fault: fakett.Fault{Lifetime: intp(0)}, state: stateDegraded},
 	{name: "negative lifetime", fault: fakett.Fault{Lifetime: intp(-3600)}, state: stateDegraded},
@@ -152,6 +152,11 @@ func TestRejectedRefreshWithPasswordLogsIn(t *testing.T) {
 	e.configure(nil)
 	e.fake.RevokeAll()
 	e.clock.Add(50 * time.Minute)
+	e.readToken() // the refresh is rejected: an answer, not a failure
+	if s := e.status(); s["state"] != stateDegraded || s["consecutive_failures"] != 0 {
+		t.Fatalf("%v", s)
+	}
+	e.clock.Add(minCallInterval) // the login comes after the floor
 	tok := e.readToken().Data["token"].(string)
 	if !e.fake.Live(tok) {
 		t.Fatal("token after re-login not live")
@@ -208,6 +213,8 @@ func TestPasswordAlsoRejectedNeedsReauth(t *testing.T) {
 	e.fake.RevokeAll()
 	e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 401})
 	e.clock.Add(49 * time.Minute)
+	_ = e.tick()
+	e.clock.Add(time.Minute)
 	_ = e.tick()
 	e.wantState(stateReauthRequired, "stored password was rejected")
 	if got := e.status()["consecutive_failures"]; got != 1 {
@@ -386,8 +393,8 @@ func restart(t *testing.T, e *testEnv) *backend {
 	conf := logical.TestBackendConfig()
 	conf.StorageView = e.storage
 	conf.Logger = e.b.Logger()
-	b := newBackend()
-	b.now = e.clock.Now
+	b := newBackend(newProcess())
+	b.now, b.mono = e.clock.Now, e.clock.Mono
 	b.storage = e.storage
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
@@ -513,18 +520,23 @@ func BenchmarkRotationDecision(b *testing.B) {
 }
 
 // TestRejectedRefreshThenLoginIsOneAttempt: a rejected refresh token is an
-// answer, not a failure: the login follows at once, a failed login counts
-// once and backs off from 30 s, and the floor holds after it.
+// answer, not a failure: the login follows after the floor, a failed login
+// counts once and backs off from 30 s, and no two calls come within 10 s.
 func TestRejectedRefreshThenLoginIsOneAttempt(t *testing.T) {
 	e := newTestEnv(t, withFake(func(o *fakett.Options) { o.TokenLifetime = 20 * time.Second }))
 	e.configure(nil)
 	e.fake.RevokeAll()
 	e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 503})
 	e.clock.Add(10 * time.Second)
-	_, _ = e.request(logical.ReadOperation, "token", nil) // due: refresh rejected, login fails
+	_, _ = e.request(logical.ReadOperation, "token", nil) // due: the refresh is rejected
+	if st, s := e.fake.Stats(), e.status(); st.RefreshCalls != 1 || st.LoginCalls != 1 || s["consecutive_failures"] != 0 {
+		t.Fatalf("%+v %v: want one refresh, no login yet, no failure", st, s)
+	}
+	e.clock.Add(minCallInterval)
+	_, _ = e.request(logical.ReadOperation, "token", nil) // the login fails
 	s := e.status()
-	if st := e.fake.Stats(); st.RefreshCalls != 1 || st.LoginCalls != 2 || s["consecutive_failures"] != 1 {
-		t.Fatalf("%+v %v: want one refresh, one login, one failure", st, s)
+	if st := e.fake.Stats(); st.LoginCalls != 2 || s["consecutive_failures"] != 1 {
+		t.Fatalf("%+v %v: want the login, one failure", st, s)
 	}
 	if next, _ := time.Parse(time.RFC3339, s["next_attempt_at"].(string)); next.Before(e.clock.Now().Add(minRetryInterval)) {
 		t.Fatalf("next attempt at %v: the backoff after one failure is 30 s", next)
@@ -541,11 +553,9 @@ func TestRejectedRefreshThenLoginIsOneAttempt(t *testing.T) {
 	if st := e.fake.Stats(); st.LoginCalls != 3 || st.RefreshCalls != 1 || e.status()["state"] != stateHealthy {
 		t.Fatalf("%+v %v", st, e.status())
 	}
-	e.clock.Add(time.Second)
-	e.mustRequest(logical.UpdateOperation, "rotate", nil) // a successful login sets no floor
 	e.clock.Add(9 * time.Second)
 	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {
-		t.Fatalf("a rotate 9 s after a refresh: resp=%v err=%v", resp, err)
+		t.Fatalf("a rotate 9 s after the login: resp=%v err=%v", resp, err)
 	}
 }
 
@@ -597,8 +607,9 @@ func TestClockGoingBackDoesNotStopCalls(t *testing.T) {
 		t.Fatalf("setup: resp=%v err=%v", resp, err)
 	}
 	e.clock.Add(-time.Hour)
+	e.clock.Add(minCallInterval) // the floor holds on the monotonic clock
 	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
-	e.clock.Add(time.Second)
+	e.clock.Add(minCallInterval)
 	e.mustRequest(logical.UpdateOperation, "rotate", nil)
 	e.clock.Add(time.Second)
 	if resp, err := e.request(logical.UpdateOperation, "rotate", nil); statusOf(resp, err) != http.StatusTooManyRequests {

@@ -144,6 +144,7 @@ func TestAuditLogHidesSecrets(t *testing.T) {
 
 // TestTwoMounts: two mounts of the plugin hold independent sessions.
 func TestTwoMounts(t *testing.T) {
+	t.Parallel() // it waits out the floor after the config write
 	c := env.dev.client
 	fa, fb := startFake(t), startFake(t)
 	enableMount(t, c, "tt-a")
@@ -154,9 +155,7 @@ func TestTwoMounts(t *testing.T) {
 	if !fa.live(t, a) || !fb.live(t, b) || fa.live(t, b) || fb.live(t, a) {
 		t.Fatal("the mounts do not hold their own sessions")
 	}
-	if _, err := c.Logical().Write("tt-a/rotate", nil); err != nil {
-		t.Fatal(err)
-	}
+	rotate(t, c, "tt-a")
 	if got := readToken(t, c, "tt-b")["token"]; got != b {
 		t.Fatal("rotating one mount changed the other")
 	}
@@ -297,9 +296,7 @@ disable_mlock    = true
 	}
 	enableMount(t, v.client, "teletracker")
 	configure(t, v.client, "teletracker", f, nil)
-	if _, err := v.client.Logical().Write("teletracker/rotate", nil); err != nil {
-		t.Fatal(err)
-	}
+	rotate(t, v.client, "teletracker")
 	before := readToken(t, v.client, "teletracker")["token"].(string)
 
 	v.kill()

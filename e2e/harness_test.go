@@ -499,3 +499,20 @@ func statusCode(err error) int {
 	}
 	return 0
 }
+
+// rotate forces a rotation of mount through c, trying again while the
+// engine answers 429 (its 10 s floor after the config write's login), for at
+// most 20 s.
+func rotate(t testing.TB, c *api.Client, mount string) {
+	t.Helper()
+	err := waitFor(20*time.Second, func() error {
+		_, err := c.Logical().Write(mount+"/rotate", nil)
+		if err != nil && statusCode(err) != http.StatusTooManyRequests {
+			t.Fatalf("rotate %s: %v", mount, err)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("rotate %s: %v", mount, err)
+	}
+}

@@ -23,9 +23,7 @@ func TestMetricsScrape(t *testing.T) {
 	f := startFake(t)
 	enableMount(t, c, "teletracker-eu") // a mount the example policy names
 	configure(t, c, "teletracker-eu", f, nil)
-	if _, err := c.Logical().Write("teletracker-eu/rotate", nil); err != nil {
-		t.Fatal(err)
-	}
+	rotate(t, c, "teletracker-eu")
 	time.Sleep(10 * time.Second) // the floor after a refresh
 	f.admin(t, http.MethodPost, "/_fake/fail", map[string]interface{}{"endpoint": "/auth/refresh", "count": 1, "fault": map[string]interface{}{"status": 503}}, nil)
 	if _, err := c.Logical().Write("teletracker-eu/rotate", nil); statusCode(err) != http.StatusBadGateway {

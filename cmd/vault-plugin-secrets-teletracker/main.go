@@ -18,7 +18,7 @@ func main() {
 		fatal(err)
 	}
 	err := plugin.ServeMultiplex(&plugin.ServeOpts{
-		BackendFactoryFunc: teletracker.Factory,
+		BackendFactoryFunc: teletracker.NewFactory(),
 		// For Vault versions without plugin AutoMTLS.
 		TLSProviderFunc: api.VaultPluginTLSProvider(meta.GetTLSConfig()),
 	})

@@ -1,0 +1,121 @@
+package teletracker
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	"golang.org/x/time/rate"
+)
+
+// process.go holds what the plugin process shares among its mounts (one
+// process serves every mount of the engine): the pacer that keeps the calls
+// of all mounts together under maxCallRate, and the HTTP transports, one per
+// ca_cert, so that connections and TLS state do not grow with the mounts.
+// NewFactory makes it once; there is no package state.
+
+const (
+	// maxCallRate is the most calls per second the process sends to
+	// Teletracker, all mounts together: a burst of a thousand calls from
+	// one address is what a rate limiter answers with 429.
+	maxCallRate = 10
+	// maxPaceWait is the longest a call waits for its turn; one that would
+	// wait longer is deferred (a tick tries again on the next tick).
+	maxPaceWait = 45 * time.Second
+)
+
+// process is what one plugin process's mounts share.
+type process struct {
+	// pacer spaces the process's calls to Teletracker.
+	pacer *rate.Limiter
+	// mu guards transports.
+	mu sync.Mutex
+	// transports are the HTTP transports by ca_cert ("" for none).
+	transports map[string]*http.Transport
+}
+
+func newProcess() *process {
+	return &process{pacer: rate.NewLimiter(maxCallRate, 1), transports: map[string]*http.Transport{}}
+}
+
+// NewFactory returns the factory of one plugin process: every mount it
+// makes shares one process.
+func NewFactory() logical.Factory {
+	p := newProcess()
+	return func(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
+		b := newBackend(p)
+		b.storage = conf.StorageView
+		if err := b.Setup(ctx, conf); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+}
+
+// pace waits for the next call's turn, now on the caller's monotonic clock,
+// or returns a rateLimitedError saying when it would come when that is more
+// than maxPaceWait away or ctx ends first.
+func (p *process) pace(ctx context.Context, now time.Time) error {
+	res := p.pacer.ReserveN(now, 1)
+	delay := res.DelayFrom(now)
+	if delay == 0 {
+		return nil
+	}
+	limited := &rateLimitedError{until: time.Now().Add(delay)}
+	if delay > maxPaceWait {
+		res.Cancel()
+		return limited
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		res.Cancel()
+		return limited
+	}
+}
+
+// pace waits for the turn of a call the record allows: never within
+// minCallInterval of this mount's last call in this process (b.lastCall, set
+// by call), on a clock that cannot go back whatever the wall clock and the
+// stored times say, and in turn with the process's other mounts. The caller
+// holds refreshMu.
+func (b *backend) pace(ctx context.Context) error {
+	if since := b.mono().Sub(b.lastCall); !b.lastCall.IsZero() && since < minCallInterval {
+		return &rateLimitedError{until: b.now().Add(minCallInterval - since)}
+	}
+	return b.proc.pace(ctx, b.mono())
+}
+
+// transport is the process's HTTP transport for ca_cert caPEM.
+func (p *process) transport(caPEM string) (*http.Transport, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t := p.transports[caPEM]; t != nil {
+		return t, nil
+	}
+	pool, err := certPool(caPEM)
+	if err != nil {
+		return nil, err
+	}
+	// Each call is bounded by its mount's request_timeout (the client's
+	// timeout and its context); these bound the steps for every mount.
+	t := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: maxRequestTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   maxRequestTimeout,
+		ResponseHeaderTimeout: maxRequestTimeout,
+		MaxIdleConnsPerHost:   4,
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+	}
+	p.transports[caPEM] = t
+	return t, nil
+}
