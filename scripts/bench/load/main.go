@@ -158,6 +158,7 @@ func throughput(args []string) error {
 	targetsFlag := fs.String("targets", "", "name=path[=plugin pid],... the first is measured against the second, and the others")
 	vaultPID := fs.Int("vault-pid", 0, "Vault's pid, for its CPU time per read")
 	summary := fs.String("summary", "", "append the target's row of the summary table to this file")
+	ratioFile := fs.String("ratio-json", "", "write the first target's reads/s against the second's, per concurrency, as JSON to this file")
 	concFlag := fs.String("conc", "4,16,64", "concurrent clients, comma-separated")
 	rounds := fs.Int("rounds", 6, "interleaved rounds per concurrency")
 	dur := fs.Duration("dur", 2*time.Second, "length of one target's run in a round")
@@ -265,10 +266,43 @@ func throughput(args []string) error {
 		fmt.Printf("The load generator allocated %.1f times (%.0f bytes) per read, net/http's included.\n",
 			float64(mem1.Mallocs-mem0.Mallocs)/float64(reads), float64(mem1.TotalAlloc-mem0.TotalAlloc)/float64(reads))
 	}
+	if *ratioFile != "" {
+		if err := writeRatios(*ratioFile, concs, results); err != nil {
+			return err
+		}
+	}
 	if *summary != "" {
 		return appendSummary(*summary, targets, concs, results, *bar)
 	}
 	return nil
+}
+
+// ratioJSON is the first target's reads/s against the second's at one
+// concurrency, for a script that puts it in a table of its own.
+type ratioJSON struct {
+	Clients int `json:"clients"`
+	// First and Second are the targets' median reads/s over rounds.
+	First  float64 `json:"first"`
+	Second float64 `json:"second"`
+	// Ratio is the median of the per-round ratios, Q1 and Q3 their quartiles.
+	Ratio float64 `json:"ratio"`
+	Q1    float64 `json:"q1"`
+	Q3    float64 `json:"q3"`
+}
+
+// writeRatios writes the ratio of target 0 to target 1 at every concurrency.
+func writeRatios(file string, concs []int, results [][][]sample) error {
+	out := make([]ratioJSON, len(concs))
+	rate := func(s sample) float64 { return s.rate }
+	for ci, c := range concs {
+		q1, m, q3 := quartiles(ratios(results, ci, 1))
+		out[ci] = ratioJSON{Clients: c, First: median(results[ci][0], rate), Second: median(results[ci][1], rate), Ratio: m, Q1: q1, Q3: q3}
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, b, 0o644)
 }
 
 // run reads t with c workers for d and returns the rate, the latencies and
