@@ -22,7 +22,7 @@ REVISION    ?= $(shell git rev-parse HEAD 2>/dev/null)
 
 export VERSION
 
-.PHONY: build fakett vault test lint unit rules e2e release release-test dev dev-stop bench soak ha-test fuzz clean
+.PHONY: build fakett vault test lint unit rules e2e release release-test dev dev-stop bench bench-scale soak ha-test fuzz clean
 
 build:
 	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/$(PLUGIN) ./cmd/$(PLUGIN)
@@ -85,6 +85,11 @@ dev-stop:
 # Measurements on one Vault dev server; writes BENCHMARKS.md (under 10 minutes).
 bench: build fakett
 	@scripts/bench/run.sh
+
+# The cost as mounts grow, 1 to 1,000 in one plugin process; writes the Scale
+# section of BENCHMARKS.md (under 20 minutes).
+bench-scale: build fakett
+	@scripts/bench/scale.sh
 
 # The e2e soak for 10 minutes instead of 60 s; prints its figures.
 soak: build fakett vault

@@ -88,6 +88,9 @@ func (s *Server) tryRefresh(w http.ResponseWriter, r *http.Request) reply {
 	}
 	tok.spent = true
 	s.stats.Refreshes++
+	if !s.now().Before(tok.session.bearerExpires) {
+		s.stats.LateRefreshes++
+	}
 	return reply{status: http.StatusOK, body: s.issue(tok.session).body()}
 }
 

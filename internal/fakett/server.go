@@ -54,7 +54,7 @@ type Server struct {
 	queues          map[string][]*queuedFault // endpoint -> faults waiting, applied in order
 	faultRate       float64                   // probability that a login or refresh call gets a rate fault
 	rateFaults      []Fault                   // the faults SetFaultRate chooses from
-	stats           Stats                     // counters; RefreshCallTimes is copied on the way out
+	stats           Stats                     // counters; its slices are copied on the way out
 }
 
 // New returns a Server configured by opts.

@@ -12,9 +12,10 @@ const expirationLayout = "2006-01-02T15:04:05-07:00"
 
 // session is one auth session: a login and the chain of refreshes after it.
 type session struct {
-	guid     string // the session's id, reported as guid
-	username string // who logged in
-	revoked  bool   // RevokeAll ended it: its tokens are all rejected
+	guid          string    // the session's id, reported as guid
+	username      string    // who logged in
+	revoked       bool      // RevokeAll ended it: its tokens are all rejected
+	bearerExpires time.Time // when its newest bearer token expires
 }
 
 // bearerToken is what the server knows of one bearer token.
@@ -84,7 +85,8 @@ func (s *Server) issue(sess *session) grant {
 		tokenExpiration:   reported.Add(s.tokenLifetime).Format(expirationLayout),
 		refreshExpiration: reported.Add(s.refreshLifetime).Format(expirationLayout),
 	}
-	s.bearers[g.bearer] = &bearerToken{session: sess, expires: now.Add(s.tokenLifetime)}
+	sess.bearerExpires = now.Add(s.tokenLifetime)
+	s.bearers[g.bearer] = &bearerToken{session: sess, expires: sess.bearerExpires}
 	s.refreshes[g.refresh] = &refreshToken{session: sess, expires: now.Add(s.refreshLifetime)}
 	return g
 }

@@ -21,80 +21,20 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 version=${VERSION:?VERSION is set by the Makefile}
+bench=bench
+# shellcheck source=scripts/bench/lib.sh
+. "$root/scripts/bench/lib.sh"
 plugin=vault-plugin-secrets-teletracker
 rounds=${BENCH_ROUNDS:-24}
 round_time=${BENCH_ROUND_TIME:-500ms}
 idle=${BENCH_IDLE:-60}
-state=$(mktemp -d "${TMPDIR:-/tmp}/teletracker-bench.XXXXXX")
 started=$(date +%s)
-leaders=() # pids of the process groups started here
-
-log() { echo "bench: $*" >&2; }
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local pid
-  for pid in "${leaders[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for pid in "${leaders[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  done
-  if [ "$rc" = 0 ]; then
-    rm -rf "$state"
-  else
-    log "failed (exit $rc); logs kept in $state"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start NAME CMD...: run CMD as the leader of a new process group.
-start() {
-  local name=$1
-  shift
-  setsid "$@" >"$state/$name.log" 2>&1 &
-  leaders+=($!)
-}
-
-# wait_for DESC CMD...: retry CMD for up to 20 s.
-wait_for() {
-  local desc=$1
-  shift
-  for _ in $(seq 1 100); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-  log "timed out waiting for $desc"
-  return 1
-}
-
-# fake NAME [ARGS]: start a fake Teletracker; its URL goes to $url. (Not
-# run in a command substitution: that subshell would keep leaders to itself.)
-fake() {
-  local name=$1
-  shift
-  start "$name" "$root/bin/fakett" -addr 127.0.0.1:0 -addr-file "$state/$name.addr" "$@"
-  wait_for "$name" test -s "$state/$name.addr"
-  url=$(cat "$state/$name.addr")
-}
 
 # Process accounting from /proc: CPU in clock ticks (utime+stime, all
 # threads), memory in KiB.
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 mem_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
-
-# child COMMAND: the pid of Vault's child process running COMMAND.
-child() {
-  local p
-  for p in $(pgrep -P "$vault_pid"); do
-    if tr '\0' '\n' <"/proc/$p/cmdline" | head -1 | grep -q "/$1\$"; then
-      echo "$p"
-      return 0
-    fi
-  done
-  log "no process $1 under Vault (pid $vault_pid)"
-  return 1
-}
 
 api() { curl -sSf -H "X-Vault-Token: $VAULT_TOKEN" "$@"; }
 
@@ -139,7 +79,7 @@ summary=$state/summary.md
 : >"$summary"
 
 log "building the floor plugin and the load generator"
-mkdir -p "$state/plugins" "$state/bin" "$state/home"
+mkdir -p "$state/plugins" "$state/bin"
 cp "$root/bin/$plugin" "$state/plugins/$plugin"
 (cd "$root" && go build -trimpath -o "$state/plugins/bench-floor" ./scripts/bench/floor &&
   go build -trimpath -o "$state/bin/load" ./scripts/bench/load)
@@ -150,18 +90,9 @@ gobench_cmd="go test -run '^\$' -bench . -benchmem ."
 log "4/4: go benchmarks: $gobench_cmd"
 (cd "$root" && go test -run '^$' -bench . -benchmem .) >"$state/gobench.txt"
 
-port=${BENCH_VAULT_PORT:-8230}
-for _ in $(seq 1 20); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
-  port=$((port + 1))
-done
-export VAULT_ADDR=http://127.0.0.1:$port VAULT_TOKEN=root
 fake fakett
 fake_url=$url
-HOME=$state/home start vault "$vault" server -dev -dev-root-token-id=root \
-  -dev-listen-address="127.0.0.1:$port" -dev-plugin-dir="$state/plugins"
-vault_pid=${leaders[-1]}
-wait_for "vault at $VAULT_ADDR" "$vault" status
+start_vault
 log "vault $vault_version at $VAULT_ADDR, fake Teletracker at $fake_url"
 
 {
@@ -211,14 +142,6 @@ idle_minute "after sections 1 and 2"
 floor_rss=$(mem_kib "$floor_pid" VmRSS)
 elapsed=$(($(date +%s) - started))
 
-# engine_changes: the Go files outside scripts/bench and e2e that differ from
-# the commit, which the measured plugin was built with.
-engine_changes() {
-  local changed
-  changed=$(git -C "$root" status --porcelain -- '*.go' ':!scripts/bench' ':!e2e' | awk '{print $2}' | paste -sd' ' -)
-  [ -z "$changed" ] || echo ", with uncommitted changes to $changed"
-}
-
 gobench_table() {
   echo "| benchmark | iterations | ns/op | B/op | allocs/op |"
   echo "|---|---:|---:|---:|---:|"
@@ -233,7 +156,8 @@ report=$state/BENCHMARKS.md
 cat >"$report" <<EOF
 # Benchmarks
 
-Written by \`make bench\` (scripts/bench/run.sh); do not edit by hand.
+Written by \`make bench\` (scripts/bench/run.sh), all but the Scale section at the end, which
+\`make bench-scale\` (scripts/bench/scale.sh) writes and \`make bench\` keeps; do not edit by hand.
 
 - Date: $(date -u +%Y-%m-%dT%H:%M:%SZ)
 - Command: \`make bench\` (VERSION=$version), run.sh wall time ${elapsed} s (the builds make runs first not included)
@@ -302,6 +226,8 @@ the rotation decision, without Vault or gRPC.
 
 $(gobench_table)
 EOF
+section=$(scale_section "$root/BENCHMARKS.md")
+[ -z "$section" ] || printf '\n%s\n' "$section" >>"$report"
 mv "$report" "$root/BENCHMARKS.md"
 cat "$root/BENCHMARKS.md"
 log "done in $(($(date +%s) - started)) s; wrote BENCHMARKS.md"

@@ -30,6 +30,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/teletracker/vault-plugin-secrets-teletracker/scripts/bench/internal/bench"
 )
 
 func main() {
@@ -158,6 +160,7 @@ func throughput(args []string) error {
 	targetsFlag := fs.String("targets", "", "name=path[=plugin pid],... the first is measured against the second, and the others")
 	vaultPID := fs.Int("vault-pid", 0, "Vault's pid, for its CPU time per read")
 	summary := fs.String("summary", "", "append the target's row of the summary table to this file")
+	ratioFile := fs.String("ratio-json", "", "write the first target's reads/s against the second's, per concurrency, as JSON to this file")
 	concFlag := fs.String("conc", "4,16,64", "concurrent clients, comma-separated")
 	rounds := fs.Int("rounds", 6, "interleaved rounds per concurrency")
 	dur := fs.Duration("dur", 2*time.Second, "length of one target's run in a round")
@@ -217,15 +220,15 @@ func throughput(args []string) error {
 
 	// Whatever else runs on the machine meanwhile is measured, not assumed.
 	ours := func() time.Duration {
-		d := selfCPU() + procCPU(*vaultPID)
+		d := selfCPU() + bench.ProcCPU(*vaultPID)
 		for _, t := range targets {
-			d += procCPU(t.pid)
+			d += bench.ProcCPU(t.pid)
 		}
 		return d
 	}
 	var mem0, mem1 runtime.MemStats
 	runtime.ReadMemStats(&mem0)
-	busy0, ours0, wall0 := machineBusy(), ours(), time.Now()
+	busy0, ours0, wall0 := bench.MachineBusy(), ours(), time.Now()
 	reads := 0
 
 	// results[c][t] are the samples of target t at concurrency c.
@@ -256,7 +259,7 @@ func throughput(args []string) error {
 		fmt.Fprintf(os.Stderr, "load: %d clients done\n", c)
 	}
 	wall := time.Since(wall0)
-	others := (machineBusy() - busy0) - (ours() - ours0)
+	others := (bench.MachineBusy() - busy0) - (ours() - ours0)
 	runtime.ReadMemStats(&mem1)
 	report(os.Stdout, targets, concs, results, sizes, *rounds, *dur, *bar)
 	fmt.Printf("\nMeanwhile other processes on the machine used %.0f%% of its %d CPUs (from /proc/stat, less what the load generator, Vault and the plugins used).\n",
@@ -265,10 +268,30 @@ func throughput(args []string) error {
 		fmt.Printf("The load generator allocated %.1f times (%.0f bytes) per read, net/http's included.\n",
 			float64(mem1.Mallocs-mem0.Mallocs)/float64(reads), float64(mem1.TotalAlloc-mem0.TotalAlloc)/float64(reads))
 	}
+	if *ratioFile != "" {
+		if err := writeRatios(*ratioFile, concs, results); err != nil {
+			return err
+		}
+	}
 	if *summary != "" {
 		return appendSummary(*summary, targets, concs, results, *bar)
 	}
 	return nil
+}
+
+// writeRatios writes the ratio of target 0 to target 1 at every concurrency.
+func writeRatios(file string, concs []int, results [][][]sample) error {
+	out := make([]bench.Ratio, len(concs))
+	rate := func(s sample) float64 { return s.rate }
+	for ci, c := range concs {
+		q1, m, q3 := quartiles(ratios(results, ci, 1))
+		out[ci] = bench.Ratio{Clients: c, First: median(results[ci][0], rate), Second: median(results[ci][1], rate), Ratio: m, Q1: q1, Q3: q3}
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, b, 0o644)
 }
 
 // run reads t with c workers for d and returns the rate, the latencies and
@@ -278,7 +301,7 @@ func run(v *vault, t target, vaultPID, c int, d time.Duration, lat [][]time.Dura
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	var firstErr atomic.Value
-	cpu0 := [3]time.Duration{selfCPU(), procCPU(vaultPID), procCPU(t.pid)}
+	cpu0 := [3]time.Duration{selfCPU(), bench.ProcCPU(vaultPID), bench.ProcCPU(t.pid)}
 	start := time.Now()
 	end := start.Add(d)
 	for w := 0; w < c; w++ {
@@ -305,7 +328,7 @@ func run(v *vault, t target, vaultPID, c int, d time.Duration, lat [][]time.Dura
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu1 := [3]time.Duration{selfCPU(), procCPU(vaultPID), procCPU(t.pid)}
+	cpu1 := [3]time.Duration{selfCPU(), bench.ProcCPU(vaultPID), bench.ProcCPU(t.pid)}
 	if n := failed.Load(); n > 0 {
 		return sample{}, fmt.Errorf("%d failed reads, the first: %v", n, firstErr.Load())
 	}
@@ -336,48 +359,6 @@ func selfCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// machineBusy is the CPU time all CPUs have spent other than idle, from the
-// first line of /proc/stat; 0 on error.
-func machineBusy() time.Duration {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	var busy int64
-	for i := 1; i < len(f) && i <= 8; i++ {
-		if i == 4 || i == 5 { // idle, iowait
-			continue
-		}
-		n, _ := strconv.ParseInt(f[i], 10, 64)
-		busy += n
-	}
-	return time.Duration(busy) * (time.Second / 100)
-}
-
-// procCPU is the CPU time process pid has used (all its threads), from
-// utime and stime in /proc/<pid>/stat; 0 for pid 0 or on error.
-func procCPU(pid int) time.Duration {
-	if pid == 0 {
-		return 0
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// The command name, in parentheses, may hold spaces: count fields
-	// after its closing parenthesis, where field 3 (state) begins.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	// USER_HZ is 100 on Linux, whatever the kernel's tick.
-	return time.Duration(ut+st) * (time.Second / 100)
 }
 
 // report prints the per-target table and the ratio table.

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# make bench-scale: the engine's cost as the mounts one plugin process serves
+# grow from 1 to 1,000, on one Vault dev server, in one run; writes the Scale
+# section of BENCHMARKS.md (and prints it).
+#
+# The mounts (m0001 and on) are added in steps, 1, 10, 100, 1000, each with
+# its own session against one fake Teletracker whose tokens live an hour (so
+# none falls due), and as many mounts (f0001 and on) of the floor plugin
+# (scripts/bench/floor, the least a multiplexed plugin can be) in a process
+# of their own, to tell the engine's own cost from the SDK's. At each step:
+#   - the time to enable and configure the mounts added
+#   - token reads of m0001 against solo, a mount of the same binary
+#     registered under a second name so that it gets a process of its own,
+#     in interleaved rounds (scripts/bench/load)
+#   - two idle minutes aligned on Vault's ticks: RSS and CPU of the plugin,
+#     the solo plugin, the floor plugin and Vault, each tick's work, storage
+#     operations and rollback times (from Vault's Prometheus metrics) and
+#     calls to Teletracker
+# Then the herd: every mount is pointed at a second fake, whose tokens live
+# four minutes, within one minute, so that all of them fall due together; the
+# fake counts the refreshes, the late ones and the calls per second until
+# every mount has rotated once.
+#
+# Expects bin/ to hold the plugin and the fake (make bench-scale builds them
+# first). Everything listens on 127.0.0.1; every process started here is
+# stopped by its process group on exit, failure or Ctrl-C.
+#
+# Settings: BENCH_VAULT_PORT (first port tried, 8230), BENCH_SCALE_COUNTS
+# ("1 10 100 1000"), BENCH_SCALE_IDLE (120s), VERSION (from the Makefile),
+# BENCH_SCALE_PROFILE (a directory: run the plugin built with the pprof tag,
+# which serves Go's profiler, and save there its heap profiles at the start
+# and end of each idle window and its goroutines at the end, to see what
+# each mount costs and what a tick allocates).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+version=${VERSION:?VERSION is set by the Makefile}
+bench=bench-scale
+# shellcheck source=scripts/bench/lib.sh
+. "$root/scripts/bench/lib.sh"
+plugin=vault-plugin-secrets-teletracker
+read -r -a counts <<<"${BENCH_SCALE_COUNTS:-1 10 100 1000}"
+idle=${BENCH_SCALE_IDLE:-120s}
+profile=${BENCH_SCALE_PROFILE:-}
+started=$(date +%s)
+
+vault=$("$root/scripts/vault.sh")
+vault_version=$("$vault" version | head -1)
+
+log "building the floor plugin, the load generator and the scale helper"
+results=$state/results
+mkdir -p "$state/plugins" "$state/bin" "$results"
+cp "$root/bin/$plugin" "$state/plugins/$plugin"
+cp "$root/bin/$plugin" "$state/plugins/teletracker-solo"
+(cd "$root" && go build -trimpath -o "$state/plugins/bench-floor" ./scripts/bench/floor &&
+  go build -trimpath -o "$state/bin/load" ./scripts/bench/load &&
+  go build -trimpath -o "$state/bin/scale" ./scripts/bench/scale)
+load=$state/bin/load
+scale=$state/bin/scale
+plugin_env=()
+pprof_flag=()
+if [ -n "$profile" ]; then
+  mkdir -p "$profile"
+  (cd "$root" && go build -trimpath -tags pprof -ldflags "-X $(go list -m).Version=$version" \
+    -o "$state/plugins/$plugin" ./cmd/$plugin)
+  pprof_addr=127.0.0.1:$(free_port 6060)
+  # memprofilerate: a heap sample every 4 KiB instead of 512, for small costs.
+  plugin_env=(-env "TELETRACKER_PPROF_ADDR=$pprof_addr" -env GODEBUG=memprofilerate=4096)
+  pprof_flag=(-pprof "$pprof_addr" -profile-dir "$profile")
+  log "profiling the plugin at http://$pprof_addr/debug/pprof/, saving to $profile"
+fi
+
+fake fakett
+fake_url=$url
+fake herd -token-lifetime 4m
+herd_url=$url
+# Vault keeps its metrics for Prometheus only when told to; rollback times
+# per mount tell the engine's ticks from the floor's.
+cat >"$state/telemetry.hcl" <<'EOF'
+telemetry {
+  prometheus_retention_time        = "1h"
+  disable_hostname                 = true
+  add_mount_point_rollback_metrics = true
+}
+EOF
+start_vault -config="$state/telemetry.hcl"
+wait_for "vault's rollback manager" grep -q 'starting rollback manager' "$state/vault.log"
+tick_zero=$(awk '/starting rollback manager/ {print $1; exit}' "$state/vault.log")
+log "vault $vault_version at $VAULT_ADDR (ticks from $tick_zero), fakes at $fake_url and $herd_url"
+
+{
+  "$vault" plugin register -sha256="$(sha256sum "$state/plugins/$plugin" | cut -d' ' -f1)" \
+    -version="$version" -command="$plugin" "${plugin_env[@]}" secret teletracker
+  "$vault" plugin register -sha256="$(sha256sum "$state/plugins/teletracker-solo" | cut -d' ' -f1)" \
+    -version="$version" -command=teletracker-solo secret teletracker-solo
+  "$vault" plugin register -sha256="$(sha256sum "$state/plugins/bench-floor" | cut -d' ' -f1)" \
+    -command=bench-floor secret bench-floor
+  "$vault" secrets enable -path=solo -plugin-version="$version" teletracker-solo
+  "$vault" write solo/config base_url="$fake_url" username=demo password=demo-password
+} >>"$state/setup.log" 2>&1
+solo_pid=$(child teletracker-solo)
+
+common=(-addr "$VAULT_ADDR" -token "$VAULT_TOKEN")
+prev=0
+for n in "${counts[@]}"; do
+  log "$n mounts: enabling and configuring mounts $((prev + 1)) to $n"
+  "$scale" setup "${common[@]}" -from $((prev + 1)) -to "$n" -fake "$fake_url" -version "$version" \
+    -out "$results/setup-$n.json"
+  "$scale" setup "${common[@]}" -from $((prev + 1)) -to "$n" -prefix f -plugin bench-floor
+  if [ "$prev" = 0 ]; then
+    tt_pid=$(child "$plugin")
+    floor_pid=$(child bench-floor)
+  fi
+  kill -0 "$tt_pid" "$solo_pid" "$floor_pid"
+  log "$n mounts: token reads of m0001 against solo"
+  "$load" throughput "${common[@]}" -vault-pid "$vault_pid" \
+    -targets "many=m0001/token=$tt_pid,solo=solo/token=$solo_pid" -conc 16 -rounds 16 -dur 500ms \
+    -bar 0.95 -ratio-json "$results/reads-$n.json" >"$state/reads-$n.md"
+  log "$n mounts: $idle at rest, from just before a tick"
+  "$scale" idle "${common[@]}" -n "$n" -dur "$idle" -tick-zero "$tick_zero" -vault-pid "$vault_pid" \
+    -plugin-pid "$tt_pid" -solo-pid "$solo_pid" -floor-pid "$floor_pid" -fake "$fake_url" "${pprof_flag[@]}" \
+    -out "$results/idle-$n.json"
+  [ -z "$profile" ] || curl -sSf -o "$profile/goroutines-$n.txt" "http://$pprof_addr/debug/pprof/goroutine?debug=1"
+  prev=$n
+done
+log "the herd: $prev mounts due together, one rotation"
+"$scale" herd "${common[@]}" -n "$prev" -fake "$herd_url" -lifetime 4m -tick-zero "$tick_zero" \
+  -plugin-pid "$tt_pid" -out "$results/herd.json"
+kill -0 "$tt_pid" "$solo_pid" "$floor_pid"
+"$scale" report -dir "$results" -n "$(IFS=,; echo "${counts[*]}")" >"$state/tables.md"
+elapsed=$(($(date +%s) - started))
+
+section=$state/section.md
+cat >"$section" <<EOF
+$scale_begin
+
+## Scale
+
+Written by \`make bench-scale\` (scripts/bench/scale.sh and scripts/bench/scale); do not edit by hand.
+
+- Date: $(date -u +%Y-%m-%dT%H:%M:%SZ)
+- Command: \`make bench-scale\` (VERSION=$version), scale.sh wall time ${elapsed} s (the builds make runs first not included)
+- Engine: commit $(git -C "$root" rev-parse --short HEAD)$(engine_changes)${profile:+, built with the pprof tag (the profiler on)}
+- Vault: $vault_version, one dev server on 127.0.0.1 (in-memory storage, no audit device)
+- Machine: $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(go env GOVERSION), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)
+- Vault, the plugins, the fakes and the load generator share these CPUs, and the machine may be shared with
+  other work ("others' CPU" below): compare the ratios and the slopes, measured in the same run.
+
+The engine's mounts (m0001 on) are added in steps to one plugin process, each configured with its own session
+(a login to one fake Teletracker whose tokens live an hour, so none falls due while the mounts rest). Beside
+them, in processes of their own: \`solo\`, one mount of the same binary registered under a second name, the
+reference for token reads; and as many mounts (f0001 on) of the floor plugin (scripts/bench/floor, a
+multiplexed plugin with one path and nothing else), which shows what the SDK's plugin serving costs any
+plugin per mount: the engine's own cost is the difference.
+
+Vault's periodic tick is one ticker for all mounts (vault/rollback.go): every minute it starts the rollback,
+and so the PeriodicFunc, of every mount at once, 256 at a time. Ticks are not spread by when a mount was
+enabled. Each step's two idle minutes therefore start 5 s before a tick and hold two whole ticks. RSS (at the
+end), CPU and open files come from /proc; a tick's work is the plugin's and Vault's CPU from the tick to the
+plugin's last CPU use before a quiet second (sampled every 50 ms, in 10 ms clock ticks, so "0 ms" means
+under 10 ms); rollback times (per mount, including the wait for the plugin) and storage operations
+(vault.barrier.get/put/list, which include Vault's own, hence more than 2 per mount at one mount) come from
+Vault's Prometheus metrics. Token reads: \`load throughput\` of m0001 against solo, 16 interleaved rounds of
+500 ms at 16 clients, after each step's setup.
+
+The herd: after the last step, every mount is pointed at a second fake whose tokens live 4 minutes (a config
+write of base_url: one login each), all within a minute that starts 10 s after a tick, so that every mount
+falls due together; then the fake counts every call until each mount has refreshed once. "Late" counts the
+refreshes that came after the session's token had expired. 4 minutes is the shortest lifetime with which a
+1,000-mount herd can be served at 10 calls a second: the margin is half the lifetime, so the refreshes of one
+rotation have two minutes (two ticks) to fit in.
+
+$(cat "$state/tables.md")
+$scale_end
+EOF
+
+if grep -qxF "$scale_begin" "$root/BENCHMARKS.md"; then
+  awk -v b="$scale_begin" -v e="$scale_end" -v f="$section" '
+    $0 == b { while ((getline line < f) > 0) print line; skip = 1; next }
+    $0 == e { skip = 0; next }
+    !skip' "$root/BENCHMARKS.md" >"$state/BENCHMARKS.md"
+else
+  { cat "$root/BENCHMARKS.md"; echo; cat "$section"; } >"$state/BENCHMARKS.md"
+fi
+mv "$state/BENCHMARKS.md" "$root/BENCHMARKS.md"
+cat "$section"
+log "done in $(($(date +%s) - started)) s; wrote the Scale section of BENCHMARKS.md"
