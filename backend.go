@@ -135,16 +135,15 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	return err
 }
 
-// periodicFunc runs on Vault's tick, where storage is writable, and
-// refreshes ahead of need. What it could not do is logged and shown by
-// status; only a storage failure is returned, for Vault to log.
+// periodicFunc runs on Vault's tick and refreshes ahead of need. Nothing is
+// called or written where storage is not writable (standbys, performance
+// secondaries): spend checks the replication state before any call, not
+// every tick (it is a round trip to Vault per mount). What a tick could not
+// do is logged and shown by status; only a storage failure is returned.
 func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error {
-	if !b.WriteSafeReplicationState() {
-		return nil
-	}
-	defer releaseIdleMemory()
+	defer b.proc.releaseMemory(b.mono())
 	_, err := b.apply(ctx, req.Storage, trigger{kind: triggerTick}, nil)
-	if succeeded(err) || statusCode(triggerTick, err) != http.StatusInternalServerError {
+	if succeeded(err) || errors.Is(err, logical.ErrReadOnly) || statusCode(triggerTick, err) != http.StatusInternalServerError {
 		return nil
 	}
 	return err

@@ -3,6 +3,7 @@ package teletracker
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"time"
 )
@@ -116,8 +117,9 @@ func decide(r *record, now time.Time, t trigger) action {
 }
 
 // wants reports whether t wants a new token for r at now: an operator one
-// newer than the request, a read one not due; a tick looks a tick ahead, so
-// that reads do not find the token due and no session lapses for lack of them.
+// newer than the request, a read one not due; a tick looks a tick (and its
+// spread) ahead, so that reads do not find the token due and no session
+// lapses for lack of them.
 func (r *record) wants(now time.Time, t trigger) bool {
 	switch {
 	case t.kind == triggerTune:
@@ -129,9 +131,18 @@ func (r *record) wants(now time.Time, t trigger) bool {
 	case t.kind == triggerRead:
 		return !now.Before(r.refreshAt())
 	}
-	ahead := now.Add(tickInterval)
+	ahead := now.Add(tickInterval + r.spread())
 	return r.State != stateReady || !ahead.Before(r.refreshAt()) ||
 		(!r.RefreshTokenExpiresAt.IsZero() && !ahead.Add(r.Config.RefreshMargin).Before(r.RefreshTokenExpiresAt))
+}
+
+// spread is how much earlier than due a tick replaces r's token: a share of
+// the first half of the margin taken from its refresh token, so that mounts
+// that fell due together (Vault ticks every mount at once) spread out.
+func (r *record) spread() time.Duration {
+	h := fnv.New64a()
+	h.Write([]byte(r.RefreshToken))
+	return time.Duration(h.Sum64() % uint64(r.margin()/2+1))
 }
 
 // ahead reports whether t is further ahead of now than the nodes' clocks

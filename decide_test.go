@@ -2,6 +2,7 @@ package teletracker
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -211,5 +212,32 @@ func TestSettle(t *testing.T) {
 				t.Fatalf("refresh token changed without a grant")
 			}
 		})
+	}
+}
+
+// TestTickSpread: records that fall due together are replaced over the
+// ticks of the first half of the margin, each no later than the last tick
+// before it is due.
+func TestTickSpread(t *testing.T) {
+	first := map[int]int{} // minute of the first tick that refreshes -> records
+	for i := 0; i < 1000; i++ {
+		r := &record{Config: config{RefreshMargin: 10 * time.Minute}, State: stateReady, Token: "t",
+			RefreshToken: fmt.Sprintf("rt-%d", i), Lifetime: time.Hour, ObtainedAt: testStart}
+		for m := 0; m <= 50; m++ {
+			if decide(r, testStart.Add(time.Duration(m)*time.Minute), trigger{kind: triggerTick}).kind == actRefresh {
+				first[m]++
+				break
+			}
+		}
+	}
+	for m, n := range first {
+		if m < 44 || m > 49 {
+			t.Fatalf("%d records first refreshed at %d m, outside 44..49: %v", n, m, first)
+		}
+	}
+	for m := 45; m <= 49; m++ { // about 200 a tick; none empty, none with most
+		if first[m] < 100 || first[m] > 300 {
+			t.Fatalf("refreshes by minute %v: not spread", first)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
 	"testing"
+	"time"
 )
 
 func gcCycles() uint64 {
@@ -44,4 +45,29 @@ func TestReleaseIdleMemory(t *testing.T) {
 		t.Fatal("garbage over maxIdleHeap was not collected")
 	}
 	runtime.KeepAlive(live)
+}
+
+// TestReleaseMemoryOncePerTick: however many mounts tick, the process
+// releases memory at most once a tick interval.
+func TestReleaseMemoryOncePerTick(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	garbage := func() {
+		junk := make([][]byte, 0, 4*maxIdleHeap/4096)
+		for i := 0; i < cap(junk); i++ {
+			junk = append(junk, make([]byte, 4096))
+		}
+		runtime.KeepAlive(junk)
+	}
+	p, t0 := newProcess(), testStart
+	for _, tc := range []struct {
+		at      time.Duration
+		collect bool
+	}{{0, true}, {30 * time.Second, false}, {59 * time.Second, false}, {61 * time.Second, true}} {
+		garbage()
+		before := gcCycles()
+		p.releaseMemory(t0.Add(tc.at))
+		if collected := gcCycles() != before; collected != tc.collect {
+			t.Fatalf("at +%v: collected %v, want %v", tc.at, collected, tc.collect)
+		}
+	}
 }

@@ -37,45 +37,7 @@ func pathConfig(b *backend) *framework.Path {
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefix,
 		},
-		Fields: map[string]*framework.FieldSchema{
-			"base_url": {
-				Type:        framework.TypeString,
-				Default:     defaultBaseURL,
-				Description: "Teletracker API base URL. Must be https://; http:// is accepted only for loopback hosts.",
-			},
-			"username": {
-				Type:        framework.TypeString,
-				Description: "Teletracker user to log in as.",
-			},
-			"password": {
-				Type:         framework.TypeString,
-				Description:  "Password of username. Write-only; stored so the engine can log in again when the session is lost. An empty value removes it.",
-				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
-			},
-			"account_id": {
-				Type:        framework.TypeInt,
-				Description: "Teletracker account to log in to, when the user can reach several. 0 removes it.",
-			},
-			"refresh_token": {
-				Type:         framework.TypeString,
-				Description:  "Write-only. Seeds an existing Teletracker session instead of logging in; spent at once for a fresh token.",
-				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
-			},
-			"refresh_margin": {
-				Type:        framework.TypeDurationSecond,
-				Default:     int(defaultRefreshMargin.Seconds()),
-				Description: "Replace the bearer token when less than this is left (below 24h). When the token lifetime is under twice the margin, half the lifetime is used.",
-			},
-			"request_timeout": {
-				Type:        framework.TypeDurationSecond,
-				Default:     int(defaultRequestTimeout.Seconds()),
-				Description: fmt.Sprintf("Timeout of each call to Teletracker (at most %s).", maxRequestTimeout),
-			},
-			"ca_cert": {
-				Type:        framework.TypeString,
-				Description: "PEM-encoded CA certificate(s) trusted for Teletracker's TLS, in addition to the system roots. An empty value removes it.",
-			},
-		},
+		Fields:         configFields,
 		ExistenceCheck: b.pathConfigExistenceCheck,
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
@@ -111,6 +73,47 @@ func pathConfig(b *backend) *framework.Path {
 		HelpSynopsis:    pathConfigHelpSyn,
 		HelpDescription: pathConfigHelpDesc,
 	}
+}
+
+// configFields are the config path's fields: built once for every mount.
+var configFields = map[string]*framework.FieldSchema{
+	"base_url": {
+		Type:        framework.TypeString,
+		Default:     defaultBaseURL,
+		Description: "Teletracker API base URL. Must be https://; http:// is accepted only for loopback hosts.",
+	},
+	"username": {
+		Type:        framework.TypeString,
+		Description: "Teletracker user to log in as.",
+	},
+	"password": {
+		Type:         framework.TypeString,
+		Description:  "Password of username. Write-only; stored so the engine can log in again when the session is lost. An empty value removes it.",
+		DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+	},
+	"account_id": {
+		Type:        framework.TypeInt,
+		Description: "Teletracker account to log in to, when the user can reach several. 0 removes it.",
+	},
+	"refresh_token": {
+		Type:         framework.TypeString,
+		Description:  "Write-only. Seeds an existing Teletracker session instead of logging in; spent at once for a fresh token.",
+		DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+	},
+	"refresh_margin": {
+		Type:        framework.TypeDurationSecond,
+		Default:     int(defaultRefreshMargin.Seconds()),
+		Description: "Replace the bearer token when less than this is left (below 24h). When the token lifetime is under twice the margin, half the lifetime is used.",
+	},
+	"request_timeout": {
+		Type:        framework.TypeDurationSecond,
+		Default:     int(defaultRequestTimeout.Seconds()),
+		Description: fmt.Sprintf("Timeout of each call to Teletracker (at most %s).", maxRequestTimeout),
+	},
+	"ca_cert": {
+		Type:        framework.TypeString,
+		Description: "PEM-encoded CA certificate(s) trusted for Teletracker's TLS, in addition to the system roots. An empty value removes it.",
+	},
 }
 
 func (b *backend) configWriteOperation() *framework.PathOperation {

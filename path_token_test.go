@@ -79,37 +79,37 @@ func TestTokenTTLCountsDown(t *testing.T) {
 	}
 }
 
-// TestRotationWhenDueNotBefore: ticks leave the token alone until the last
-// tick before it enters its margin, then replace it once.
+// TestRotationWhenDueNotBefore: ticks leave the token alone until the tick
+// a tick and its spread (up to half the margin) before it enters its
+// margin, then replace it once.
 func TestRotationWhenDueNotBefore(t *testing.T) {
 	e := newTestEnv(t)
-	e.configure(nil) // lifetime 1h, margin 10m: due at 50m
+	e.configure(nil) // lifetime 1h, margin 10m: due at 50m, spread up to 5m
 	first := e.readToken().Data["token"]
-	for i := 1; i <= 48; i++ {
+	spread := e.stored().spread()
+	refreshed := 0
+	for i := 1; i <= 49; i++ {
 		e.clock.Add(time.Minute)
 		if err := e.tick(); err != nil {
 			t.Fatal(err)
 		}
-		if got := e.fake.Stats().RefreshCalls; got != 0 {
-			t.Fatalf("refreshed after %d minutes, before due", i)
+		if e.fake.Stats().RefreshCalls > 0 && refreshed == 0 {
+			refreshed = i
 		}
 	}
-	e.clock.Add(time.Minute) // 49m: the next tick would be past the due time
-	if err := e.tick(); err != nil {
-		t.Fatal(err)
+	// The first tick at which now + 1m + spread reaches 50m.
+	if want := int((49*time.Minute - spread + time.Minute - 1) / time.Minute); refreshed != want || refreshed < 44 {
+		t.Fatalf("refreshed at %d m, want %d m (spread %v)", refreshed, want, spread)
 	}
 	if got := e.fake.Stats().Refreshes; got != 1 {
-		t.Fatalf("refreshes %d at 49m, want 1", got)
+		t.Fatalf("refreshes %d by 49m, want 1", got)
 	}
 	d := e.readToken().Data
 	if d["token"] == first || !e.fake.Live(d["token"].(string)) {
 		t.Fatal("read did not serve the new live token")
 	}
-	if d["last_vault_rotation"] != testStart.Add(49*time.Minute).Format(time.RFC3339) {
+	if d["last_vault_rotation"] != testStart.Add(time.Duration(refreshed)*time.Minute).Format(time.RFC3339) {
 		t.Fatalf("last_vault_rotation %v", d["last_vault_rotation"])
-	}
-	if err := e.tick(); err != nil || e.fake.Stats().RefreshCalls != 1 {
-		t.Fatalf("a second tick refreshed again: %v", err)
 	}
 	if e.status()["refresh_count"] != int64(1) {
 		t.Fatalf("status %v", e.status())
@@ -341,7 +341,7 @@ func TestRefreshBeforeRefreshTokenExpires(t *testing.T) {
 		o.RefreshLifetime = 2 * time.Hour
 	}))
 	e.configure(nil)
-	for i := 0; i < 108; i++ { // to 1h48m: the refresh token has 12m left
+	for i := 0; i < 103; i++ { // to 1h43m: the refresh token has 17m left
 		e.clock.Add(time.Minute)
 		if err := e.tick(); err != nil {
 			t.Fatal(err)
@@ -350,9 +350,14 @@ func TestRefreshBeforeRefreshTokenExpires(t *testing.T) {
 	if got := e.fake.Stats().Refreshes; got != 0 {
 		t.Fatalf("refreshed early: %d", got)
 	}
-	e.clock.Add(time.Minute)
-	if err := e.tick(); err != nil || e.fake.Stats().Refreshes != 1 {
-		t.Fatalf("refresh token about to expire, refreshes %d (%v)", e.fake.Stats().Refreshes, err)
+	for i := 0; i < 6; i++ { // to 1h49m: within a tick, its spread and the margin
+		e.clock.Add(time.Minute)
+		if err := e.tick(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.fake.Stats().Refreshes; got != 1 {
+		t.Fatalf("refresh token about to expire, refreshes %d", got)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -36,6 +37,8 @@ type process struct {
 	mu sync.Mutex
 	// transports are the HTTP transports by ca_cert ("" for none).
 	transports map[string]*http.Transport
+	// released is when memory was last released (memory.go), on mono.
+	released atomic.Pointer[time.Time]
 }
 
 func newProcess() *process {
