@@ -120,7 +120,7 @@ idle_minute "before any load"
 log "1/4: token vs floor vs kv, $rounds interleaved rounds of $round_time at 4, 16, 64 clients"
 "$load" throughput -addr "$VAULT_ADDR" -token "$VAULT_TOKEN" -vault-pid "$vault_pid" \
   -targets "token=teletracker/token=$tt_pid,floor=floor/token=$floor_pid,kv=kv/token" \
-  -conc 4,16,64 -rounds "$rounds" -dur "$round_time" -summary "$summary" >"$state/throughput.md"
+  -conc 4,16,64 -rounds "$rounds" -dur "$round_time" -bar 1.2 -summary "$summary" >"$state/throughput.md"
 
 log "2/4: /auth/refresh calls per rotation with 1, 100, 1000 readers (about a minute)"
 cases=()
