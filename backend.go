@@ -60,6 +60,9 @@ type backend struct {
 	// lastCall is when this process last called Teletracker for the mount,
 	// on mono; guarded by refreshMu.
 	lastCall time.Time
+	// life ends when Clean begins (end ends it): no call waits past it.
+	life context.Context
+	end  context.CancelFunc
 	// proc is what the mounts of the plugin process share (process.go).
 	proc *process
 	// storage is the mount's storage, for Clean, which gets none.
@@ -85,6 +88,7 @@ type backend struct {
 // newBackend is one mount of the engine in process p.
 func newBackend(p *process) *backend {
 	b := &backend{now: time.Now, mono: time.Now, proc: p, metrics: newMetrics()}
+	b.life, b.end = context.WithCancel(context.Background())
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -163,6 +167,7 @@ func (b *backend) invalidate(_ context.Context, key string) {
 // shutdown). It waits for a call under way to store its result, makes a
 // last attempt to store a held record, and drops the HTTP client.
 func (b *backend) clean(ctx context.Context) {
+	b.end() // a call still waiting for its turn is not sent
 	b.refreshMu.Lock()
 	defer b.refreshMu.Unlock()
 	if h := b.held.Load(); h != nil && b.storage != nil {
@@ -172,7 +177,10 @@ func (b *backend) clean(ctx context.Context) {
 			b.Logger().Error("a held record was lost with the mount: it could not be stored", "error", err, "generation", h.Generation)
 		}
 	}
-	b.client = nil // its transport is the process's
+	if b.client != nil {
+		b.proc.release(b.client.caPEM)
+		b.client = nil
+	}
 }
 
 // clientFor returns the HTTP client for cfg, building a new one when the
@@ -185,6 +193,9 @@ func (b *backend) clientFor(cfg *config) (*client, error) {
 	t, err := b.proc.transport(cfg.CACert)
 	if err != nil {
 		return nil, err
+	}
+	if b.client != nil {
+		b.proc.release(b.client.caPEM)
 	}
 	b.client, b.clientKey = newClient(cfg, t, b.now), key
 	return b.client, nil

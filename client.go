@@ -111,6 +111,8 @@ type client struct {
 	http *http.Client
 	// now is Vault's clock, for an HTTP-date Retry-After.
 	now func() time.Time
+	// caPEM is the ca_cert of the process's transport it uses.
+	caPEM string
 }
 
 // newClient is a client for cfg over transport (the process's, for cfg's
@@ -126,7 +128,8 @@ func newClient(cfg *config, transport *http.Transport, now func() time.Time) *cl
 				return http.ErrUseLastResponse
 			},
 		},
-		now: now,
+		now:   now,
+		caPEM: cfg.CACert,
 	}
 }
 

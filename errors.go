@@ -25,11 +25,19 @@ var (
 	errNotStored = errors.New("the new session could not be stored; it is held in memory, served, and stored before anything else")
 )
 
-// rateLimitedError says Teletracker may not be called before until.
-type rateLimitedError struct{ until time.Time }
+// rateLimitedError says Teletracker may not be called before until, and why
+// (by default: the mount's rate limit, a Retry-After or the backoff).
+type rateLimitedError struct {
+	until time.Time
+	why   string
+}
 
 func (e *rateLimitedError) Error() string {
-	return "Teletracker may not be called before " + e.until.UTC().Format(time.RFC3339) + " (rate limit, Retry-After or backoff after failures)"
+	why := e.why
+	if why == "" {
+		why = "rate limit, Retry-After or backoff after failures"
+	}
+	return "Teletracker may not be called before " + e.until.UTC().Format(time.RFC3339) + " (" + why + ")"
 }
 
 // inputError is a caller's mistake.

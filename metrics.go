@@ -127,7 +127,7 @@ func (g recordGauges) Describe(ch chan<- *prometheus.Desc) {
 func (g recordGauges) Collect(ch chan<- prometheus.Metric) {
 	state, r := stateUnconfigured, g.r
 	if r.configured() {
-		state = r.health()
+		state = r.health(g.now)
 	} else {
 		r = &record{}
 	}

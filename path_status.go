@@ -60,7 +60,7 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 	}
 	now, state, nextAttempt := b.now(), stateUnconfigured, time.Time{}
 	if r.configured() {
-		state = r.health()
+		state = r.health(now)
 		act := decide(r, now, trigger{kind: triggerTick})
 		if (r.Failures > 0 || r.State != stateReady) && (act.kind == actWait || act.calls()) {
 			nextAttempt = later(act.at, now) // when the wait ends, or now

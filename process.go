@@ -35,14 +35,21 @@ type process struct {
 	pacer *rate.Limiter
 	// mu guards transports.
 	mu sync.Mutex
-	// transports are the HTTP transports by ca_cert ("" for none).
-	transports map[string]*http.Transport
+	// transports are the HTTP transports by ca_cert ("" for none), with
+	// the number of mounts using each.
+	transports map[string]*sharedTransport
 	// released is when memory was last released (memory.go), on mono.
 	released atomic.Pointer[time.Time]
 }
 
 func newProcess() *process {
-	return &process{pacer: rate.NewLimiter(maxCallRate, 1), transports: map[string]*http.Transport{}}
+	return &process{pacer: rate.NewLimiter(maxCallRate, 1), transports: map[string]*sharedTransport{}}
+}
+
+// sharedTransport is one transport and how many mounts use it.
+type sharedTransport struct {
+	t     *http.Transport
+	users int
 }
 
 // NewFactory returns the factory of one plugin process: every mount it
@@ -61,15 +68,15 @@ func NewFactory() logical.Factory {
 
 // pace waits for the next call's turn, now on the caller's monotonic clock,
 // or returns a rateLimitedError saying when it would come when that is more
-// than maxPaceWait away or ctx ends first.
-func (p *process) pace(ctx context.Context, now time.Time) error {
+// than maxWait away, past ctx's deadline, or ctx ends first.
+func (p *process) pace(ctx context.Context, now time.Time, maxWait time.Duration) error {
 	res := p.pacer.ReserveN(now, 1)
 	delay := res.DelayFrom(now)
 	if delay == 0 {
 		return nil
 	}
-	limited := &rateLimitedError{until: time.Now().Add(delay)}
-	if delay > maxPaceWait {
+	limited := &rateLimitedError{until: time.Now().Add(delay), why: "the plugin's calls to Teletracker, all mounts together, are paced"}
+	if dl, ok := ctx.Deadline(); delay > maxWait || ok && time.Now().Add(delay).After(dl) {
 		res.Cancel()
 		return limited
 	}
@@ -87,21 +94,26 @@ func (p *process) pace(ctx context.Context, now time.Time) error {
 // pace waits for the turn of a call the record allows: never within
 // minCallInterval of this mount's last call in this process (b.lastCall, set
 // by call), on a clock that cannot go back whatever the wall clock and the
-// stored times say, and in turn with the process's other mounts. The caller
-// holds refreshMu.
-func (b *backend) pace(ctx context.Context) error {
+// stored times say, and in turn with the process's other mounts, waiting at
+// most maxWait, and not past Clean. The caller holds refreshMu.
+func (b *backend) pace(ctx context.Context, maxWait time.Duration) error {
 	if since := b.mono().Sub(b.lastCall); !b.lastCall.IsZero() && since < minCallInterval {
 		return &rateLimitedError{until: b.now().Add(minCallInterval - since)}
 	}
-	return b.proc.pace(ctx, b.mono())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(b.life, cancel)() // Clean stops the wait
+	return b.proc.pace(ctx, b.mono(), maxWait)
 }
 
-// transport is the process's HTTP transport for ca_cert caPEM.
+// transport is the process's HTTP transport for ca_cert caPEM, for one more
+// mount; release gives it back.
 func (p *process) transport(caPEM string) (*http.Transport, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if t := p.transports[caPEM]; t != nil {
-		return t, nil
+	if s := p.transports[caPEM]; s != nil {
+		s.users++
+		return s.t, nil
 	}
 	pool, err := certPool(caPEM)
 	if err != nil {
@@ -119,6 +131,19 @@ func (p *process) transport(caPEM string) (*http.Transport, error) {
 		IdleConnTimeout:       90 * time.Second,
 		ForceAttemptHTTP2:     true,
 	}
-	p.transports[caPEM] = t
+	p.transports[caPEM] = &sharedTransport{t: t, users: 1}
 	return t, nil
+}
+
+// release gives back a mount's use of the transport for caPEM; the last
+// one closes its connections and drops it.
+func (p *process) release(caPEM string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s := p.transports[caPEM]; s != nil {
+		if s.users--; s.users <= 0 {
+			s.t.CloseIdleConnections()
+			delete(p.transports, caPEM)
+		}
+	}
 }

@@ -112,12 +112,13 @@ func (r *record) needsReauth() bool {
 	return r.State == stateNeedReauth || (r.State == stateNeedLogin && r.Config.Password == "")
 }
 
-// health is the record's state as status reports it.
-func (r *record) health() string {
+// health is the record's state at now as status reports it: degraded too
+// when no valid token is held (calls deferred for too long, say).
+func (r *record) health(now time.Time) string {
 	switch {
 	case r.needsReauth():
 		return stateReauthRequired
-	case r.Failures > 0 || r.State != stateReady || r.unsaved:
+	case r.Failures > 0 || r.State != stateReady || r.unsaved || !r.valid(now):
 		return stateDegraded
 	}
 	return stateHealthy

@@ -14,9 +14,8 @@ import (
 // result → publish. decide.go says when; this file only does it.
 
 const (
-	// applyTimeout bounds an apply detached from its caller: two calls and
-	// the storage around them, under Vault's 90 s request limit.
-	applyTimeout = 2*maxRequestTimeout + 15*time.Second
+	// storageTimeout bounds the storage round trips before and after a call.
+	storageTimeout = 15 * time.Second
 	// saveAttempts is how often a result is tried before it is held.
 	saveAttempts = 4
 	// saveRetryDelay is the first pause between those tries; it doubles.
@@ -44,12 +43,10 @@ func (b *backend) applyLocked(ctx context.Context, storage logical.Storage, t tr
 			return snap.rec, act.err()
 		}
 	}
-	// Once anything is sent, the caller going away must not stop its result
-	// from being stored: nothing below listens to it.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), applyTimeout)
-	defer cancel()
 	epoch := b.epoch.Load()
-	prev, err := b.load(ctx, storage)
+	loadCtx, cancel := context.WithTimeout(ctx, storageTimeout)
+	prev, err := b.load(loadCtx, storage)
+	cancel()
 	if err != nil {
 		return nil, err
 	}
@@ -85,13 +82,23 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 		if !b.WriteSafeReplicationState() {
 			return prev, logical.ErrReadOnly // Vault forwards the request to the active node
 		}
-		if err := b.pace(ctx); err != nil {
+		wait := maxPaceWait
+		if t.kind == triggerRead && r.valid(b.now()) {
+			wait = 0 // a read of a valid token does not wait for its turn
+		}
+		if err := b.pace(ctx, wait); err != nil {
+			b.Logger().Info("call deferred", "reason", err)
 			if t.kind == triggerCredential {
 				return prev, err
 			}
-			callErr = err // deferred, not failed: the process's calls are paced
+			callErr = err // deferred, not failed
 			break
 		}
+		// Once anything is sent, the caller going away must not stop its
+		// result from being stored: nothing below listens to it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), r.Config.RequestTimeout+2*storageTimeout)
+		defer cancel()
 		sentAt := b.now()
 		if act.kind == actRefresh {
 			if err := putRecord(ctx, storage, r.marked(sentAt)); err != nil {

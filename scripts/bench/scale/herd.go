@@ -104,7 +104,7 @@ func herd(args []string) error {
 	stopPeaks := watchPeaks(*pluginPID, &res)
 	start := time.Now()
 	err = forMounts(1, *n, *conc, func(i int) error {
-		return v.call(ctx, http.MethodPost, mountPath(*prefix, i)+"/config", map[string]any{"base_url": *fake}, nil)
+		return v.call(ctx, http.MethodPost, mountPath(*prefix, i)+"/config", map[string]any{"base_url": *fake, "password": "demo-password"}, nil)
 	})
 	if err != nil {
 		return err
