@@ -20,10 +20,11 @@ import (
 // NewFactory makes it once; there is no package state.
 
 const (
-	// maxCallRate is the most calls per second the process sends to
-	// Teletracker, all mounts together: a burst of a thousand calls from
-	// one address is what a rate limiter answers with 429.
-	maxCallRate = 10
+	// maxCallRate is how many calls a second the process's turns allow, all
+	// mounts together: at most 10 a second reach Teletracker (a burst of a
+	// thousand from one address is what a rate limiter answers with 429),
+	// with room for the time between a call's turn and its sending.
+	maxCallRate = 9
 	// maxPaceWait is the longest a call waits for its turn; one that would
 	// wait longer is deferred (a tick tries again on the next tick).
 	maxPaceWait = 45 * time.Second
