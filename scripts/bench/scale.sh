@@ -114,7 +114,7 @@ for n in "${counts[@]}"; do
   kill -0 "$tt_pid" "$solo_pid" "$floor_pid"
   log "$n mounts: token reads of m0001 against solo"
   "$load" throughput "${common[@]}" -vault-pid "$vault_pid" \
-    -targets "many=m0001/token=$tt_pid,solo=solo/token=$solo_pid" -conc 16 -rounds 16 -dur 500ms \
+    -targets "many=m0001/token=$tt_pid,solo=solo/token=$solo_pid" -conc 16 -rounds 24 -dur 500ms \
     -bar 0.95 -ratio-json "$results/reads-$n.json" >"$state/reads-$n.md"
   log "$n mounts: $idle at rest, from just before a tick"
   "$scale" idle "${common[@]}" -n "$n" -dur "$idle" -tick-zero "$tick_zero" -vault-pid "$vault_pid" \
@@ -160,13 +160,14 @@ end), CPU and open files come from /proc; a tick's work is the plugin's and Vaul
 plugin's last CPU use before a quiet second (sampled every 50 ms, in 10 ms clock ticks, so "0 ms" means
 under 10 ms); rollback times (per mount, including the wait for the plugin) and storage operations
 (vault.barrier.get/put/list, which include Vault's own, hence more than 2 per mount at one mount) come from
-Vault's Prometheus metrics. Token reads: \`load throughput\` of m0001 against solo, 16 interleaved rounds of
-500 ms at 16 clients, after each step's setup.
+Vault's Prometheus metrics. Token reads: \`load throughput\` of m0001 against solo, 24 interleaved rounds of
+500 ms at 16 clients, after each step's setup, with the CPU each read cost the plugin that served it and Vault.
 
 The herd: after the last step, every mount is pointed at a second fake whose tokens live 8 minutes (a config
 write of base_url and the password: one login each, paced like every call), starting 10 s after a tick, so
 that every mount falls due together; then the fake counts every call until each mount has refreshed once
-(some may refresh twice meanwhile: every call must still be a rotation). "Late" counts the refreshes that
+(some may refresh twice meanwhile: every call must still be a rotation, so the calls and the mounts' rotations
+are counted together in a moment when no call is in flight). "Late" counts the refreshes that
 came after the session's token had expired. 8 minutes is about the shortest lifetime with which 1,000 mounts
 can be served at 10 calls a second for good: the margin is half the lifetime, and a tick replaces a token a
 tick and up to half the margin early (its spread), so each mount rotates every 1 to 3 minutes, 8.3 calls a

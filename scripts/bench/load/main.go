@@ -283,9 +283,14 @@ func throughput(args []string) error {
 func writeRatios(file string, concs []int, results [][][]sample) error {
 	out := make([]bench.Ratio, len(concs))
 	rate := func(s sample) float64 { return s.rate }
+	vaultUs := func(s sample) float64 { return float64(s.vault) / float64(time.Microsecond) }
+	pluginUs := func(s sample) float64 { return float64(s.plugin) / float64(time.Microsecond) }
 	for ci, c := range concs {
 		q1, m, q3 := quartiles(ratios(results, ci, 1))
-		out[ci] = bench.Ratio{Clients: c, First: median(results[ci][0], rate), Second: median(results[ci][1], rate), Ratio: m, Q1: q1, Q3: q3}
+		first, second := results[ci][0], results[ci][1]
+		out[ci] = bench.Ratio{Clients: c, First: median(first, rate), Second: median(second, rate), Ratio: m, Q1: q1, Q3: q3,
+			FirstVaultUs: median(first, vaultUs), SecondVaultUs: median(second, vaultUs),
+			FirstPluginUs: median(first, pluginUs), SecondPluginUs: median(second, pluginUs)}
 	}
 	b, err := json.Marshal(out)
 	if err != nil {

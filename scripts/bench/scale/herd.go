@@ -151,16 +151,12 @@ func herd(args []string) error {
 		}
 		time.Sleep(5 * time.Second)
 	}
-	time.Sleep(5 * time.Second)
-	if stats1, err = getFakeStats(ctx, *fake); err != nil {
-		return err
-	}
 	res.Seconds = time.Since(end).Seconds()
 	stopPeaks()
 	if _, err := readProc(*pluginPID, &res.Plugin); err != nil {
 		return err
 	}
-	after1, err := refreshCounts(ctx, v, *prefix, *n, *conc)
+	stats1, after1, err := quietCounts(ctx, v, *fake, *prefix, *n, *conc)
 	if err != nil {
 		return err
 	}
@@ -195,6 +191,44 @@ func herd(args []string) error {
 	res.Events = events(stats1.RefreshCallTimes[len(stats0.RefreshCallTimes):], end)
 	fmt.Fprintf(os.Stderr, "scale: herd of %d: %d refresh calls, peak %d/s\n", *n, res.RefreshCalls, res.PeakPerSecond)
 	return writeJSON(*out, res)
+}
+
+// quietCounts reads the fake's counts and every mount's rotations in a
+// quiet moment: mounts go on rotating, so the two agree only when no call
+// was in flight before the mounts were read and none came while they were.
+func quietCounts(ctx context.Context, v *vault, fake, prefix string, n, conc int) (fakeStats, []mountStatus, error) {
+	for {
+		a, err := getFakeStats(ctx, fake)
+		if err != nil {
+			return a, nil, err
+		}
+		if k := len(a.RefreshCallTimes); k > 0 && time.Since(a.RefreshCallTimes[k-1]) < 2*time.Second {
+			if err := sleepCtx(ctx, time.Second); err != nil {
+				return a, nil, err
+			}
+			continue
+		}
+		counts, err := refreshCounts(ctx, v, prefix, n, conc)
+		if err != nil {
+			return a, nil, err
+		}
+		b, err := getFakeStats(ctx, fake)
+		if err != nil || b.RefreshCalls == a.RefreshCalls && b.LoginCalls == a.LoginCalls {
+			return b, counts, err
+		}
+	}
+}
+
+// sleepCtx sleeps for d, or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("no quiet moment to count the rotations in: %w", ctx.Err())
+	}
 }
 
 // watchPeaks samples the process's open files and RSS twice a second into

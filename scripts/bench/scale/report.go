@@ -114,6 +114,13 @@ func storageOps(r idleResult) float64 {
 // perTick divides x by the ticks in the window (at least one).
 func perTick(r idleResult, x float64) float64 { return x / float64(max(len(r.Ticks), 1)) }
 
+// readsMissedBy says by how much the reads of a mount among many fell short
+// of one mount's alone, and in which process the CPU per read differs.
+func readsMissedBy(r bench.Ratio) string {
+	return fmt.Sprintf("by %.3f; CPU per read of the engine's plugin %.0f µs against solo's %.0f, of Vault %.0f µs against %.0f",
+		minReadRatio-r.Ratio, r.FirstPluginUs, r.SecondPluginUs, r.FirstVaultUs, r.SecondVaultUs)
+}
+
 // verdict is "met", or "missed" with what by.
 func verdict(met bool, by string) string {
 	if met {
@@ -142,7 +149,7 @@ func targets(w io.Writer, steps []step, h herdResult) {
 		last.n, maxIdleCPUPct, cpu, last.idle.Plugin.CPU, verdict(cpu < maxIdleCPUPct, fmt.Sprintf("%.1f× the target", cpu/maxIdleCPUPct)))
 	for _, r := range last.reads {
 		fmt.Fprintf(w, "| token reads/s of one mount with %d mounts against one mount alone, %d clients | at least %.2f | %.3f (IQR %.3f–%.3f) | %s |\n",
-			last.n, r.Clients, minReadRatio, r.Ratio, r.Q1, r.Q3, verdict(r.Ratio >= minReadRatio, fmt.Sprintf("by %.3f", minReadRatio-r.Ratio)))
+			last.n, r.Clients, minReadRatio, r.Ratio, r.Q1, r.Q3, verdict(r.Ratio >= minReadRatio, readsMissedBy(r)))
 	}
 	once := h.RefreshCalls == h.Rotations && h.Reused == 0 && h.Rejected == 0 && h.Logins == 0 && h.MinRotations >= h.Want && h.Unhealthy == 0
 	fmt.Fprintf(w, "| herd of %d mounts: refreshes | each mount once per rotation (%d rotations), all before expiry | %d calls for %d rotations, %d–%d per mount, %d late, %d re-used, %d logins | %s |\n",
@@ -223,8 +230,8 @@ func resources(w io.Writer, steps []step) {
 func ticks(w io.Writer, steps []step) {
 	fmt.Fprintln(w, "### One tick's work, storage, and token reads")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| mounts | ticks in the window | tick: until the plugin's last CPU use | plugin CPU per tick | Vault CPU per tick | rollback time per mount: engine, floor | storage ops per tick (per mount): get, put, list | upstream calls at rest | token reads/s: this process, solo | ratio (IQR) |")
-	fmt.Fprintln(w, "|---:|---:|---|---:|---:|---:|---|---:|---|---|")
+	fmt.Fprintln(w, "| mounts | ticks in the window | tick: until the plugin's last CPU use | plugin CPU per tick | Vault CPU per tick | rollback time per mount: engine, floor | storage ops per tick (per mount): get, put, list | upstream calls at rest | token reads/s: this process, solo | ratio (IQR) | CPU µs per read: plugin, solo; Vault for each |")
+	fmt.Fprintln(w, "|---:|---:|---|---:|---:|---:|---|---:|---|---|---|")
 	for _, s := range steps {
 		r := s.idle
 		var spans []string
@@ -241,16 +248,17 @@ func ticks(w io.Writer, steps []step) {
 			return ms / n
 		}
 		ops := perTick(r, storageOps(r))
-		var rates, ratios []string
+		var rates, ratios, cpus []string
 		for _, x := range s.reads {
 			rates = append(rates, fmt.Sprintf("%.0f, %.0f (%d clients)", x.First, x.Second, x.Clients))
 			ratios = append(ratios, fmt.Sprintf("%.3f (%.3f–%.3f)", x.Ratio, x.Q1, x.Q3))
+			cpus = append(cpus, fmt.Sprintf("%.0f, %.0f; %.0f, %.0f", x.FirstPluginUs, x.SecondPluginUs, x.FirstVaultUs, x.SecondVaultUs))
 		}
-		fmt.Fprintf(w, "| %d | %d (%.0f rollbacks of %d mounts) | %s | %.0f ms | %.0f ms | %.2f ms, %.2f ms | %.0f (%.2f): %.0f, %.0f, %.0f | %d | %s | %s |\n",
+		fmt.Fprintf(w, "| %d | %d (%.0f rollbacks of %d mounts) | %s | %.0f ms | %.0f ms | %.2f ms, %.2f ms | %.0f (%.2f): %.0f, %.0f, %.0f | %d | %s | %s | %s |\n",
 			s.n, len(r.Ticks), r.Rollbacks, r.Mounts, strings.Join(spans, ", "), perTick(r, pSum), perTick(r, vSum),
 			per(r.EngineRollbackMs, r.EngineRollbacks), per(r.FloorRollbackMs, r.FloorRollbacks),
 			ops, ops/float64(s.n), perTick(r, r.Storage["get"]), perTick(r, r.Storage["put"]), perTick(r, r.Storage["list"]),
-			r.UpstreamCalls, strings.Join(rates, "; "), strings.Join(ratios, "; "))
+			r.UpstreamCalls, strings.Join(rates, "; "), strings.Join(ratios, "; "), strings.Join(cpus, " / "))
 	}
 	fmt.Fprintln(w)
 	opsSlope := slopeOf(steps, func(s step) float64 { return perTick(s.idle, storageOps(s.idle)) })

@@ -11,4 +11,10 @@ type Ratio struct {
 	Ratio float64 `json:"ratio"`
 	Q1    float64 `json:"q1"`
 	Q3    float64 `json:"q3"`
+	// The targets' median CPU time per read, in µs, of Vault and of each
+	// target's plugin process: where a difference in reads/s comes from.
+	FirstVaultUs   float64 `json:"first_vault_us"`
+	SecondVaultUs  float64 `json:"second_vault_us"`
+	FirstPluginUs  float64 `json:"first_plugin_us"`
+	SecondPluginUs float64 `json:"second_plugin_us"`
 }
