@@ -101,6 +101,21 @@ log "vault $vault_version at $VAULT_ADDR (ticks from $tick_zero), fakes at $fake
 solo_pid=$(child teletracker-solo)
 
 common=(-addr "$VAULT_ADDR" -token "$VAULT_TOKEN")
+
+reads() {
+  log "$1 mounts: token reads of m0001 against solo"
+  "$load" throughput "${common[@]}" -vault-pid "$vault_pid" \
+    -targets "many=m0001/token=$tt_pid,solo=solo/token=$solo_pid" -conc 16 -rounds 24 -dur 500ms \
+    -bar 0.95 -ratio-json "$results/reads-$1.json" >"$state/reads-$1.md"
+}
+
+at_rest() {
+  log "$1 mounts: $idle at rest, from just before a tick"
+  "$scale" idle "${common[@]}" -n "$1" -dur "$idle" -tick-zero "$tick_zero" -vault-pid "$vault_pid" \
+    -plugin-pid "$tt_pid" -solo-pid "$solo_pid" -floor-pid "$floor_pid" -fake "$fake_url" "${pprof_flag[@]}" \
+    -out "$results/idle-$1.json"
+  [ -z "$profile" ] || curl -sSf -o "$profile/goroutines-$1.txt" "http://$pprof_addr/debug/pprof/goroutine?debug=1"
+}
 prev=0
 for n in "${counts[@]}"; do
   log "$n mounts: enabling and configuring mounts $((prev + 1)) to $n"
@@ -112,15 +127,15 @@ for n in "${counts[@]}"; do
     floor_pid=$(child bench-floor)
   fi
   kill -0 "$tt_pid" "$solo_pid" "$floor_pid"
-  log "$n mounts: token reads of m0001 against solo"
-  "$load" throughput "${common[@]}" -vault-pid "$vault_pid" \
-    -targets "many=m0001/token=$tt_pid,solo=solo/token=$solo_pid" -conc 16 -rounds 24 -dur 500ms \
-    -bar 0.95 -ratio-json "$results/reads-$n.json" >"$state/reads-$n.md"
-  log "$n mounts: $idle at rest, from just before a tick"
-  "$scale" idle "${common[@]}" -n "$n" -dur "$idle" -tick-zero "$tick_zero" -vault-pid "$vault_pid" \
-    -plugin-pid "$tt_pid" -solo-pid "$solo_pid" -floor-pid "$floor_pid" -fake "$fake_url" "${pprof_flag[@]}" \
-    -out "$results/idle-$n.json"
-  [ -z "$profile" ] || curl -sSf -o "$profile/goroutines-$n.txt" "http://$pprof_addr/debug/pprof/goroutine?debug=1"
+  # The reads (about 30 s) go where the idle window would wait for its tick
+  # anyway, with time to settle before it, when they fit; else after it.
+  if [ "$("$scale" until-window -tick-zero "$tick_zero")" -ge 45 ]; then
+    reads "$n"
+    at_rest "$n"
+  else
+    at_rest "$n"
+    reads "$n"
+  fi
   prev=$n
 done
 log "the herd: $prev mounts due together, one rotation"
@@ -161,11 +176,12 @@ plugin's last CPU use before a quiet second (sampled every 50 ms, in 10 ms clock
 under 10 ms); rollback times (per mount, including the wait for the plugin) and storage operations
 (vault.barrier.get/put/list, which include Vault's own, hence more than 2 per mount at one mount) come from
 Vault's Prometheus metrics. Token reads: \`load throughput\` of m0001 against solo, 24 interleaved rounds of
-500 ms at 16 clients, after each step's setup, with the CPU each read cost the plugin that served it and Vault.
+500 ms at 16 clients, after each step's setup (before its idle minutes, or after them when they would not
+fit before the tick), with the CPU each read cost the plugin that served it and Vault.
 
 The herd: after the last step, every mount is pointed at a second fake whose tokens live 8 minutes (a config
-write of base_url and the password: one login each, paced like every call), starting 10 s after a tick, so
-that every mount falls due together; then the fake counts every call until each mount has refreshed once
+write of base_url and the password: one login each, paced like every call), all at once, so that every mount
+falls due together; then the fake counts every call until each mount has refreshed once
 (some may refresh twice meanwhile: every call must still be a rotation, so the calls and the mounts' rotations
 are counted together in a moment when no call is in flight). "Late" counts the refreshes that
 came after the session's token had expired. 8 minutes is about the shortest lifetime with which 1,000 mounts

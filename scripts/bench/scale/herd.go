@@ -60,9 +60,9 @@ type herdEvent struct {
 	SpanMs float64 `json:"span_ms"`
 }
 
-// herd points mounts 1..n at the herd's fake right after a tick, so that all
-// of them are configured within one minute with tokens of the same lifetime
-// and fall due together. It watches until every mount has rotated
+// herd points mounts 1..n at the herd's fake at once, so that all of them
+// are configured together (as fast as the pacer lets them log in) with
+// tokens of the same lifetime and fall due together. It watches until every mount has rotated
 // -rotations times, or every token would have expired that many times over.
 //
 // The fake's token lifetime is about the shortest with which 1,000 mounts
@@ -78,7 +78,6 @@ func herd(args []string) error {
 	n := fs.Int("n", 0, "engine mounts")
 	fake := fs.String("fake", "", "the herd's fake Teletracker's URL")
 	tickZeroFlag := fs.String("tick-zero", "", "when Vault's rollback manager started, as its log shows it")
-	after := fs.Duration("after", 10*time.Second, "start this long after a tick")
 	conc := fs.Int("conc", 8, "mounts configured at a time")
 	rotations := fs.Int64("rotations", 1, "rotations to watch every mount make")
 	lifetime := fs.Duration("lifetime", 8*time.Minute, "the herd's fake's token lifetime")
@@ -102,8 +101,6 @@ func herd(args []string) error {
 	defer cancel()
 	res := herdResult{N: *n, Want: *rotations, MaxPerSecond: *maxPerSecond}
 
-	tick := nextTick(tickZero, time.Now())
-	time.Sleep(time.Until(tick.Add(*after)))
 	stopPeaks := watchPeaks(*pluginPID, &res)
 	start := time.Now()
 	err = forMounts(1, *n, *conc, func(i int) error {
@@ -114,7 +111,7 @@ func herd(args []string) error {
 	}
 	end := time.Now()
 	res.ConfigSeconds = end.Sub(start).Seconds()
-	res.CrossedTick = !end.Before(tick.Add(tickPeriod))
+	res.CrossedTick = nextTick(tickZero, start).Before(end)
 	before, err := refreshCounts(ctx, v, *prefix, *n, *conc)
 	if err != nil {
 		return err

@@ -24,6 +24,9 @@ import (
 // of 256 workers (vault/rollback.go).
 const tickPeriod = time.Minute
 
+// idleLead is how long before a tick an idle window starts by default.
+const idleLead = 5 * time.Second
+
 // idleResult is what the processes did through one idle window.
 type idleResult struct {
 	N int `json:"n"`
@@ -108,7 +111,7 @@ func idle(args []string) error {
 	token := fs.String("token", "", "Vault token")
 	n := fs.Int("n", 0, "engine mounts")
 	dur := fs.Duration("dur", 2*tickPeriod, "window length")
-	lead := fs.Duration("lead", 5*time.Second, "start the window this long before a tick")
+	lead := fs.Duration("lead", idleLead, "start the window this long before a tick")
 	tickZeroFlag := fs.String("tick-zero", "", "when Vault's rollback manager started, as its log shows it; its ticks follow every minute")
 	vaultPID := fs.Int("vault-pid", 0, "Vault's pid")
 	pluginPID := fs.Int("plugin-pid", 0, "the engine's plugin process serving the mounts")
@@ -139,9 +142,7 @@ func idle(args []string) error {
 		return err
 	}
 
-	// Start -lead before the next tick that is at least a second away.
-	next := nextTick(tickZero, time.Now().Add(*lead+time.Second))
-	time.Sleep(time.Until(next.Add(-*lead)))
+	time.Sleep(time.Until(windowStart(tickZero, time.Now(), *lead)))
 
 	res := idleResult{N: *n, Mounts: mounts, Storage: map[string]float64{}}
 	prom0, err := scrape(ctx, v)
@@ -240,6 +241,30 @@ func parseTickZero(s string) (time.Time, error) {
 		}
 	}
 	return time.Time{}, fmt.Errorf("-tick-zero: cannot read %q", s)
+}
+
+// windowStart is when an idle window asked for at now starts: lead before
+// the next tick that is at least a second away from that.
+func windowStart(tickZero, now time.Time, lead time.Duration) time.Time {
+	return nextTick(tickZero, now.Add(lead+time.Second)).Add(-lead)
+}
+
+// untilWindow prints the whole seconds an idle window asked for now would
+// wait before it starts, so that scale.sh can fill them with the reads.
+func untilWindow(args []string) error {
+	fs := flag.NewFlagSet("until-window", flag.ContinueOnError)
+	lead := fs.Duration("lead", idleLead, "as idle's -lead")
+	tickZeroFlag := fs.String("tick-zero", "", "as idle's -tick-zero")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	tickZero, err := parseTickZero(*tickZeroFlag)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	fmt.Println(int(windowStart(tickZero, now, *lead).Sub(now) / time.Second))
+	return nil
 }
 
 // nextTick is the first tick at or after t.
