@@ -12,7 +12,7 @@
 #   - token reads of m0001 against solo, a mount of the same binary
 #     registered under a second name so that it gets a process of its own,
 #     in interleaved rounds (scripts/bench/load)
-#   - two idle minutes aligned on Vault's ticks: RSS and CPU of the plugin,
+#   - two idle minutes holding two of Vault's ticks: RSS and CPU of the plugin,
 #     the solo plugin, the floor plugin and Vault, each tick's work, storage
 #     operations and rollback times (from Vault's Prometheus metrics) and
 #     calls to Teletracker
@@ -110,7 +110,7 @@ reads() {
 }
 
 at_rest() {
-  log "$1 mounts: $idle at rest, from just before a tick"
+  log "$1 mounts: $idle at rest"
   "$scale" idle "${common[@]}" -n "$1" -dur "$idle" -tick-zero "$tick_zero" -vault-pid "$vault_pid" \
     -plugin-pid "$tt_pid" -solo-pid "$solo_pid" -floor-pid "$floor_pid" -fake "$fake_url" "${pprof_flag[@]}" \
     -out "$results/idle-$1.json"
@@ -127,15 +127,8 @@ for n in "${counts[@]}"; do
     floor_pid=$(child bench-floor)
   fi
   kill -0 "$tt_pid" "$solo_pid" "$floor_pid"
-  # The reads (about 30 s) go where the idle window would wait for its tick
-  # anyway, with time to settle before it, when they fit; else after it.
-  if [ "$("$scale" until-window -tick-zero "$tick_zero")" -ge 45 ]; then
-    reads "$n"
-    at_rest "$n"
-  else
-    at_rest "$n"
-    reads "$n"
-  fi
+  reads "$n"
+  at_rest "$n"
   prev=$n
 done
 log "the herd: $prev mounts due together, one rotation"
@@ -170,14 +163,14 @@ plugin per mount: the engine's own cost is the difference.
 
 Vault's periodic tick is one ticker for all mounts (vault/rollback.go): every minute it starts the rollback,
 and so the PeriodicFunc, of every mount at once, 256 at a time. Ticks are not spread by when a mount was
-enabled. Each step's two idle minutes therefore start 5 s before a tick and hold two whole ticks. RSS (at the
+enabled. Each step's two idle minutes (5 s after its reads) therefore hold two ticks, and run on until 10 s
+after the second when it comes near their end. RSS (at the
 end), CPU and open files come from /proc; a tick's work is the plugin's and Vault's CPU from the tick to the
 plugin's last CPU use before a quiet second (sampled every 50 ms, in 10 ms clock ticks, so "0 ms" means
 under 10 ms); rollback times (per mount, including the wait for the plugin) and storage operations
 (vault.barrier.get/put/list, which include Vault's own, hence more than 2 per mount at one mount) come from
 Vault's Prometheus metrics. Token reads: \`load throughput\` of m0001 against solo, 24 interleaved rounds of
-500 ms at 16 clients, after each step's setup (before its idle minutes, or after them when they would not
-fit before the tick), with the CPU each read cost the plugin that served it and Vault.
+500 ms at 16 clients, after each step's setup, with the CPU each read cost the plugin that served it and Vault.
 
 The herd: after the last step, every mount is pointed at a second fake whose tokens live 8 minutes (a config
 write of base_url and the password: one login each, paced like every call), all at once, so that every mount

@@ -24,9 +24,6 @@ import (
 // of 256 workers (vault/rollback.go).
 const tickPeriod = time.Minute
 
-// idleLead is how long before a tick an idle window starts by default.
-const idleLead = 5 * time.Second
-
 // idleResult is what the processes did through one idle window.
 type idleResult struct {
 	N int `json:"n"`
@@ -103,15 +100,18 @@ type proc struct {
 	CPU float64 `json:"cpu_s"`
 }
 
-// idle watches the processes for -dur with no requests, starting -lead
-// before a tick so that the window holds whole ticks.
+// idle watches the processes for -dur with no requests, from -settle after
+// it is called, and longer when its last tick would come less than -tail
+// before the end, so that the window holds whole ticks without waiting for
+// one (-dur 2m holds two).
 func idle(args []string) error {
 	fs := flag.NewFlagSet("idle", flag.ContinueOnError)
 	addr := fs.String("addr", "", "Vault address")
 	token := fs.String("token", "", "Vault token")
 	n := fs.Int("n", 0, "engine mounts")
 	dur := fs.Duration("dur", 2*tickPeriod, "window length")
-	lead := fs.Duration("lead", idleLead, "start the window this long before a tick")
+	settle := fs.Duration("settle", 5*time.Second, "wait this long before the window, after what ran before")
+	tail := fs.Duration("tail", 10*time.Second, "hold at least this much after the window's last tick")
 	tickZeroFlag := fs.String("tick-zero", "", "when Vault's rollback manager started, as its log shows it; its ticks follow every minute")
 	vaultPID := fs.Int("vault-pid", 0, "Vault's pid")
 	pluginPID := fs.Int("plugin-pid", 0, "the engine's plugin process serving the mounts")
@@ -131,8 +131,8 @@ func idle(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *dur < tickPeriod || *dur > 10*time.Minute || *lead <= 0 || *lead >= tickPeriod/2 {
-		return errors.New("need dur 1m-10m and lead under 30s")
+	if *dur < tickPeriod || *dur > 10*time.Minute || *settle < 0 || *tail <= 0 || *tail >= tickPeriod/2 {
+		return errors.New("need dur 1m-10m, settle at least 0 and tail under 30s")
 	}
 	v := newVault(*addr, *token)
 	ctx, cancel := context.WithTimeout(context.Background(), *dur+3*time.Minute)
@@ -142,7 +142,7 @@ func idle(args []string) error {
 		return err
 	}
 
-	time.Sleep(time.Until(windowStart(tickZero, time.Now(), *lead)))
+	time.Sleep(*settle)
 
 	res := idleResult{N: *n, Mounts: mounts, Storage: map[string]float64{}}
 	prom0, err := scrape(ctx, v)
@@ -175,7 +175,8 @@ func idle(args []string) error {
 	busy0 := bench.MachineBusy().Seconds()
 
 	res.Start = time.Now()
-	samples := sampleCPU(res.Start.Add(*dur), *every, *pluginPID, *vaultPID)
+	end := windowEnd(tickZero, res.Start, *dur, *tail)
+	samples := sampleCPU(end, *every, *pluginPID, *vaultPID)
 	res.Seconds = time.Since(res.Start).Seconds()
 
 	busy1 := bench.MachineBusy().Seconds()
@@ -224,7 +225,7 @@ func idle(args []string) error {
 		k := "vault_barrier_" + op + "_count"
 		res.Storage[op] = prom1[k] - prom0[k]
 	}
-	for t := nextTick(tickZero, res.Start); t.Before(res.Start.Add(*dur)); t = t.Add(tickPeriod) {
+	for t := nextTick(tickZero, res.Start); t.Before(end); t = t.Add(tickPeriod) {
 		res.Ticks = append(res.Ticks, tickBurst(samples, t, res.Start))
 	}
 	fmt.Fprintf(os.Stderr, "scale: idle at %d mounts: plugin %.2f s CPU, RSS %d KiB; %d ticks\n",
@@ -243,28 +244,15 @@ func parseTickZero(s string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("-tick-zero: cannot read %q", s)
 }
 
-// windowStart is when an idle window asked for at now starts: lead before
-// the next tick that is at least a second away from that.
-func windowStart(tickZero, now time.Time, lead time.Duration) time.Time {
-	return nextTick(tickZero, now.Add(lead+time.Second)).Add(-lead)
-}
-
-// untilWindow prints the whole seconds an idle window asked for now would
-// wait before it starts, so that scale.sh can fill them with the reads.
-func untilWindow(args []string) error {
-	fs := flag.NewFlagSet("until-window", flag.ContinueOnError)
-	lead := fs.Duration("lead", idleLead, "as idle's -lead")
-	tickZeroFlag := fs.String("tick-zero", "", "as idle's -tick-zero")
-	if err := fs.Parse(args); err != nil {
-		return err
+// windowEnd is the end of a window of dur from start: later when the last
+// tick before that comes less than tail before it.
+func windowEnd(tickZero, start time.Time, dur, tail time.Duration) time.Time {
+	end := start.Add(dur)
+	last := nextTick(tickZero, end).Add(-tickPeriod)
+	if !last.Before(start) && last.Add(tail).After(end) {
+		end = last.Add(tail)
 	}
-	tickZero, err := parseTickZero(*tickZeroFlag)
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	fmt.Println(int(windowStart(tickZero, now, *lead).Sub(now) / time.Second))
-	return nil
+	return end
 }
 
 // nextTick is the first tick at or after t.

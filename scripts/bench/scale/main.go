@@ -5,8 +5,6 @@
 //	scale setup   enable and configure mounts, timing each step
 //	scale idle    watch the processes through two of Vault's ticks: memory,
 //	              CPU, the ticks' work, storage operations and upstream calls
-//	scale until-window  the seconds an idle window asked for now would
-//	              wait for its tick
 //	scale herd    point every mount at a fresh fake at once and watch
 //	              them all fall due together
 //	scale report  the markdown tables of BENCHMARKS.md's Scale section
@@ -29,7 +27,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: scale setup|idle|until-window|herd|report [flags]")
+		fmt.Fprintln(os.Stderr, "usage: scale setup|idle|herd|report [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -38,8 +36,6 @@ func main() {
 		err = setup(os.Args[2:])
 	case "idle":
 		err = idle(os.Args[2:])
-	case "until-window":
-		err = untilWindow(os.Args[2:])
 	case "herd":
 		err = herd(os.Args[2:])
 	case "report":
