@@ -152,7 +152,7 @@ func targets(w io.Writer, steps []step, h herdResult) {
 			last.n, r.Clients, minReadRatio, r.Ratio, r.Q1, r.Q3, verdict(r.Ratio >= minReadRatio, readsMissedBy(r)))
 	}
 	once := h.RefreshCalls == h.Rotations && h.Reused == 0 && h.Rejected == 0 && h.Logins == 0 && h.MinRotations >= h.Want && h.Unhealthy == 0
-	fmt.Fprintf(w, "| herd of %d mounts: refreshes | each mount once per rotation (%d rotations), all before expiry | %d calls for %d rotations, %d–%d per mount, %d late, %d re-used, %d logins | %s |\n",
+	fmt.Fprintf(w, "| herd of %d mounts: refreshes | each mount once per rotation (%d to watch), all before expiry | %d calls for %d rotations, %d–%d per mount, %d late, %d re-used, %d logins | %s |\n",
 		h.N, h.Want, h.RefreshCalls, h.Rotations, h.MinRotations, h.MaxRotations, h.Late, h.Reused, h.Logins,
 		verdict(once && h.Late == 0, "see the herd table"))
 	fmt.Fprintf(w, "| herd of %d mounts: calls to Teletracker per second | never more than %d | peak %d; %d seconds over %d | %s |\n",
