@@ -72,8 +72,6 @@ type backend struct {
 	refreshMu sync.Mutex
 	// client is the HTTP client for the config it was built from.
 	client *client
-	// clientKey is that config's base_url, request_timeout and ca_cert.
-	clientKey string
 
 	// held is a record storage refused, until stored; written under refreshMu.
 	held atomic.Pointer[record]
@@ -186,8 +184,7 @@ func (b *backend) clean(ctx context.Context) {
 // clientFor returns the HTTP client for cfg, building a new one when the
 // parts of the config it depends on changed. The caller holds refreshMu.
 func (b *backend) clientFor(cfg *config) (*client, error) {
-	key := cfg.BaseURL + "\x00" + cfg.RequestTimeout.String() + "\x00" + cfg.CACert
-	if b.client != nil && b.clientKey == key {
+	if b.client != nil && b.client.serves(cfg) {
 		return b.client, nil
 	}
 	t, err := b.proc.transport(cfg.CACert)
@@ -197,7 +194,7 @@ func (b *backend) clientFor(cfg *config) (*client, error) {
 	if b.client != nil {
 		b.proc.release(b.client.caPEM)
 	}
-	b.client, b.clientKey = newClient(cfg, t, b.now), key
+	b.client = newClient(cfg, t, b.now)
 	return b.client, nil
 }
 

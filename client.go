@@ -133,6 +133,11 @@ func newClient(cfg *config, transport *http.Transport, now func() time.Time) *cl
 	}
 }
 
+// serves reports whether c is what newClient builds for cfg.
+func (c *client) serves(cfg *config) bool {
+	return c.baseURL == strings.TrimRight(cfg.BaseURL, "/") && c.http.Timeout == cfg.RequestTimeout && c.caPEM == cfg.CACert
+}
+
 // certPool is the system roots plus caPEM's certificates (nil for none: TLS
 // then uses the system roots). A block TLS would skip (another type, headers)
 // or cannot parse is refused: ca_cert is checked as the client uses it.

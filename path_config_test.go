@@ -359,6 +359,16 @@ func withHeader(pemText string) string {
 }
 
 // selfSignedPEM is a throwaway CA certificate.
+// storeUnusableCACert stores, under the configured mount, a ca_cert the
+// client cannot use, as one written before it was checked as the client
+// uses it would be, and makes the mount load it.
+func (e *testEnv) storeUnusableCACert(t *testing.T) {
+	r := e.stored()
+	r.Config.CACert = withHeader(selfSignedPEM(t))
+	e.store(r)
+	e.b.invalidate(context.Background(), recordKey)
+}
+
 func selfSignedPEM(t *testing.T) string {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -584,10 +594,7 @@ func TestRefusedSeedPutsBackThePrevious(t *testing.T) {
 func TestUnusableCACertIsRecorded(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
-	r := e.stored()
-	r.Config.CACert = withHeader(selfSignedPEM(t))
-	e.store(r)
-	e.b.invalidate(context.Background(), recordKey)
+	e.storeUnusableCACert(t)
 	e.clock.Add(49 * time.Minute)
 	_ = e.tick()
 	s := e.status()

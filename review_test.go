@@ -117,10 +117,7 @@ func TestStandbyBehindNeverServesExpiredToken(t *testing.T) {
 func TestMetricsCountOnlyCallsMade(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
-	r := e.stored()
-	r.Config.CACert = withHeader(selfSignedPEM(t))
-	e.store(r)
-	e.b.invalidate(context.Background(), recordKey)
+	e.storeUnusableCACert(t)
 	e.clock.Add(49 * time.Minute)
 	_ = e.tick()
 	m := e.scrape()

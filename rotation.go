@@ -65,64 +65,65 @@ func (b *backend) applyLocked(ctx context.Context, storage logical.Storage, t tr
 	return r, err
 }
 
-// spend makes the calls decide asks of r, stores the outcome, and returns the
-// record to serve with the last call's error; prev is r before a config write.
+// spend makes the call decide asks of r (one at most), stores the outcome,
+// and returns the record to serve with the call's error; prev is r before a
+// config write.
 func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *record, t trigger) (*record, error) {
-	var callErr error
-	marked := false
-	for once := true; once; once = false { // one call per request at most
-		act := decide(r, b.now(), t)
-		if !act.calls() {
+	act := decide(r, b.now(), t)
+	if !act.calls() {
+		if t.kind == triggerCredential {
+			return prev, act.err() // a write that cannot call changes nothing
+		}
+		return b.keep(ctx, storage, prev, r, t, false, act.err())
+	}
+	if !b.WriteSafeReplicationState() {
+		return prev, logical.ErrReadOnly // Vault forwards the request to the active node
+	}
+	wait := maxPaceWait
+	if t.kind == triggerRead && r.valid(b.now()) {
+		wait = 0 // a read of a valid token does not wait for its turn
+	}
+	if err := b.pace(ctx, wait); err != nil {
+		b.Logger().Info("call deferred", "reason", err)
+		if t.kind == triggerCredential {
+			return prev, err
+		}
+		return b.keep(ctx, storage, prev, r, t, false, err) // deferred, not failed
+	}
+	// Once anything is sent, the caller going away must not stop its
+	// result from being stored: nothing below listens to it.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.Config.RequestTimeout+2*storageTimeout)
+	defer cancel()
+	sentAt := b.now()
+	marked := act.kind == actRefresh
+	if marked {
+		if err := putRecord(ctx, storage, r.marked(sentAt)); err != nil {
+			b.Logger().Error("refresh not attempted: storing its marker failed", "error", err)
+			err = fmt.Errorf("refresh not attempted: storing its marker failed: %w", err)
 			if t.kind == triggerCredential {
-				return prev, act.err() // a write that cannot call changes nothing
+				return prev, fmt.Errorf("nothing changed: %w", err)
 			}
-			callErr = act.err()
-			break
-		}
-		if !b.WriteSafeReplicationState() {
-			return prev, logical.ErrReadOnly // Vault forwards the request to the active node
-		}
-		wait := maxPaceWait
-		if t.kind == triggerRead && r.valid(b.now()) {
-			wait = 0 // a read of a valid token does not wait for its turn
-		}
-		if err := b.pace(ctx, wait); err != nil {
-			b.Logger().Info("call deferred", "reason", err)
-			if t.kind == triggerCredential {
-				return prev, err
-			}
-			callErr = err // deferred, not failed
-			break
-		}
-		// Once anything is sent, the caller going away must not stop its
-		// result from being stored: nothing below listens to it.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), r.Config.RequestTimeout+2*storageTimeout)
-		defer cancel()
-		sentAt := b.now()
-		if act.kind == actRefresh {
-			if err := putRecord(ctx, storage, r.marked(sentAt)); err != nil {
-				b.Logger().Error("refresh not attempted: storing its marker failed", "error", err)
-				err = fmt.Errorf("refresh not attempted: storing its marker failed: %w", err)
-				if t.kind == triggerCredential {
-					return prev, fmt.Errorf("nothing changed: %w", err)
-				}
-				r, callErr = settle(r, act.kind, nil, err, sentAt, b.now()), err // a failure, with its backoff
-				break
-			}
-			marked = true
-		}
-		g, err := b.call(ctx, &r.Config, act.kind, r.RefreshToken)
-		if err != nil && g == nil && t.kind == triggerCredential {
-			return b.refuse(ctx, storage, prev, marked, sentAt, err)
-		}
-		r, callErr = settle(r, act.kind, g, err, sentAt, b.now()), err
-		if err != nil && t.kind == triggerCredential {
-			// A refresh token spent for an incomplete answer that carried a
-			// new one: the write stands, with the new refresh token.
-			callErr = &appliedError{fmt.Errorf("the answer of Teletracker was incomplete (%v); the session continues with its new refresh token, and a token is fetched on the next attempt", err)}
+			return b.keep(ctx, storage, prev, settle(r, act.kind, nil, err, sentAt, b.now()), t, false, err) // a failure, with its backoff
 		}
 	}
+	g, err := b.call(ctx, &r.Config, act.kind, r.RefreshToken)
+	if err != nil && g == nil && t.kind == triggerCredential {
+		return b.refuse(ctx, storage, prev, marked, sentAt, err)
+	}
+	r, callErr := settle(r, act.kind, g, err, sentAt, b.now()), err
+	if err != nil && t.kind == triggerCredential {
+		// A refresh token spent for an incomplete answer that carried a
+		// new one: the write stands, with the new refresh token.
+		callErr = &appliedError{fmt.Errorf("the answer of Teletracker was incomplete (%v); the session continues with its new refresh token, and a token is fetched on the next attempt", err)}
+	}
+	return b.keep(ctx, storage, prev, r, t, marked, callErr)
+}
+
+// keep stores r, what spend made of prev, unless it is prev, and returns the
+// record to serve with callErr; marked says whether a refresh's marker
+// stands in storage. A config write that sent nothing and cannot be stored
+// changes nothing; anything else that cannot be stored is held.
+func (b *backend) keep(ctx context.Context, storage logical.Storage, prev, r *record, t trigger, marked bool, callErr error) (*record, error) {
 	if r == prev {
 		return r, callErr
 	}
