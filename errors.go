@@ -21,6 +21,8 @@ var (
 	// errHeld: a record storage refused is held, and nothing is called until
 	// it is stored (a refresh token it replaced must never be sent again).
 	errHeld = errors.New("the mount's record is held in memory because storage refused it; Teletracker is not called until it is stored")
+	// errCleaned: Clean has begun; no call is made after it.
+	errCleaned = errors.New("the mount is being cleaned up (unmount, plugin reload, step-down or shutdown): Teletracker is not called")
 	// errNotStored: a new session was obtained but storage refused it.
 	errNotStored = errors.New("the new session could not be stored; it is held in memory, served, and stored before anything else")
 )
@@ -67,7 +69,7 @@ func statusCode(t triggerKind, err error) int {
 		return http.StatusBadRequest
 	case errors.As(err, &rl):
 		return http.StatusTooManyRequests
-	case errors.Is(err, errHeld):
+	case errors.Is(err, errHeld), errors.Is(err, errCleaned):
 		return http.StatusServiceUnavailable
 	case !errors.As(err, &ue):
 		return http.StatusInternalServerError

@@ -29,6 +29,10 @@ type snapshot struct {
 // bearer is the token_type value, boxed once.
 var bearer any = "Bearer"
 
+// readRetry is how soon reads of a valid token whose call was not made try
+// to make it again.
+const readRetry = time.Second
+
 // never is the actAt of a record only an operator can change.
 var never = time.Unix(1<<62, 0)
 
@@ -65,6 +69,10 @@ func newSnapshot(r *record, now time.Time) *snapshot {
 		st.actAt = now.Add(minCallInterval) // a read may store it, now and then
 	case actStop:
 		st.actAt = never
+	default: // a call not made: its turn had not come, or this node cannot write
+		if r.valid(now) {
+			st.actAt = now.Add(readRetry) // not on every read meanwhile
+		}
 	}
 	switch {
 	case r.unsaved:

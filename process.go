@@ -28,6 +28,12 @@ const (
 	// maxPaceWait is the longest a call waits for its turn; one that would
 	// wait longer is deferred (a tick tries again on the next tick).
 	maxPaceWait = 45 * time.Second
+	// sendGap is the least time between two sends of the process: a turn
+	// is taken before a refresh's marker is stored, so a slow Put would
+	// otherwise send it on top of the calls whose turns came later. A
+	// little over a tenth of a second, so that what delays a call on its
+	// way cannot bring eleven within a second.
+	sendGap = 105 * time.Millisecond
 )
 
 // process is what one plugin process's mounts share.
@@ -41,6 +47,9 @@ type process struct {
 	transports map[string]*sharedTransport
 	// released is when memory was last released (memory.go), on mono.
 	released atomic.Pointer[time.Time]
+	// sendMu orders the sends; lastSend is when the last one went.
+	sendMu   sync.Mutex
+	lastSend time.Time
 }
 
 func newProcess() *process {
@@ -104,7 +113,29 @@ func (b *backend) pace(ctx context.Context, maxWait time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(b.life, cancel)() // Clean stops the wait
-	return b.proc.pace(ctx, b.mono(), maxWait)
+	err := b.proc.pace(ctx, b.mono(), maxWait)
+	if b.life.Err() != nil {
+		return errCleaned // a request that came after Clean, or a turn that came with it
+	}
+	return err
+}
+
+// send waits until sendGap has passed since the process's last send, or
+// ctx ends, and then counts the caller's call as sent.
+func (p *process) send(ctx context.Context) error {
+	p.sendMu.Lock()
+	defer p.sendMu.Unlock()
+	if wait := sendGap - time.Since(p.lastSend); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	p.lastSend = time.Now()
+	return nil
 }
 
 // transport is the process's HTTP transport for ca_cert caPEM, for one more

@@ -234,6 +234,9 @@ func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refres
 	var g *grant
 	c, err := b.clientFor(cfg)
 	if err == nil {
+		err = b.proc.send(ctx)
+	}
+	if err == nil {
 		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 		start := time.Now()
 		b.lastCall = b.mono()
