@@ -70,8 +70,8 @@ func newSnapshot(r *record, now time.Time) *snapshot {
 	case actStop:
 		st.actAt = never
 	default: // a call not made: its turn had not come, or this node cannot write
-		if r.valid(now) {
-			st.actAt = now.Add(readRetry) // not on every read meanwhile
+		if r.valid(now.Add(readRetry)) {
+			st.actAt = now.Add(readRetry) // not on every read meanwhile, while it is served
 		}
 	}
 	switch {

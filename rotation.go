@@ -236,6 +236,9 @@ func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refres
 	if err == nil {
 		err = b.proc.send(ctx)
 	}
+	if err == nil && b.life.Err() != nil {
+		err = errCleaned // Clean began since the turn: nothing is sent
+	}
 	if err == nil {
 		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 		start := time.Now()
