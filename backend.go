@@ -81,6 +81,9 @@ type backend struct {
 	epoch atomic.Uint64
 	// metrics are the mount's Prometheus counters (metrics.go).
 	metrics *metrics
+	// tickedAt is when the mount's last tick came (Vault's clock, Unix
+	// nanoseconds; 0 before the first), to say when the next one comes.
+	tickedAt atomic.Int64
 }
 
 // newBackend is one mount of the engine in process p.
@@ -144,11 +147,20 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 // do is logged and shown by status; only a storage failure is returned.
 func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error {
 	defer b.proc.releaseMemory(b.mono())
+	b.tickedAt.Store(b.now().UnixNano())
 	_, err := b.apply(ctx, req.Storage, trigger{kind: triggerTick}, nil)
 	if succeeded(err) || errors.Is(err, logical.ErrReadOnly) || statusCode(triggerTick, err) != http.StatusInternalServerError {
 		return nil
 	}
 	return err
+}
+
+// lastTick is when the mount's last tick came; zero before the first.
+func (b *backend) lastTick() time.Time {
+	if n := b.tickedAt.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // invalidate drops the snapshot when the record changes in storage under

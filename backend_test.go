@@ -66,12 +66,21 @@ type faultyStorage struct {
 	failGets, failDeletes atomic.Bool
 	// puts and gets count calls.
 	puts, gets atomic.Int64
+	// beforePut, when set, runs before each Put is applied: a slow
+	// acknowledgement, or another node acting meanwhile. When it returns
+	// true it has applied the Put itself.
+	beforePut func(e *logical.StorageEntry) (applied bool)
+	// beforeGet, when set, runs before each Get.
+	beforeGet func(key string)
 }
 
 var errStorageDown = errors.New("storage is down")
 
 func (s *faultyStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
 	s.gets.Add(1)
+	if s.beforeGet != nil {
+		s.beforeGet(key)
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -93,6 +102,9 @@ func (s *faultyStorage) Delete(ctx context.Context, key string) error {
 
 func (s *faultyStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
 	s.puts.Add(1)
+	if s.beforePut != nil && s.beforePut(e) {
+		return nil
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -460,10 +472,12 @@ func TestMarkerOfAnotherNodeWaitsForItsCall(t *testing.T) {
 	if got := e.fake.Stats().RefreshCalls; got != 1 {
 		t.Fatalf("the marker was resolved %d calls in, before its call could have ended", got-1)
 	}
-	if s := e.status(); s["next_attempt_at"] != testStart.Add(time.Minute+40*time.Second).Format(time.RFC3339) {
-		t.Fatalf("status %v, want the next attempt at the marker's start + request_timeout + 10 s", s)
+	// The marker's end (its start + 5 s to send + request_timeout + 10 s)
+	// comes at 1m45s; the tick after it at 2m35s.
+	if s := e.status(); s["next_attempt_at"] != testStart.Add(2*time.Minute+35*time.Second).Format(time.RFC3339) {
+		t.Fatalf("status %v, want the next attempt at the first tick after the marker's start + 5 s + request_timeout + 10 s", s)
 	}
-	e.clock.Add(6 * time.Second)
+	e.clock.Add(time.Minute)
 	_ = e.tick()
 	if st := e.fake.Stats(); st.RefreshCalls != 2 || st.Refreshes != 2 || e.stored().State != stateReady {
 		t.Fatalf("the marker was not resolved once its call had ended: %+v", st)
@@ -573,5 +587,33 @@ func TestMigrationFromV010(t *testing.T) {
 				t.Fatalf("the migration called Teletracker %d times", got)
 			}
 		})
+	}
+}
+
+// TestCleanStoppedCallIsNoFailure: a refresh that Clean (a reload or a
+// step-down) stopped after its marker was stored, but before it was sent,
+// failed nothing: the next node starts healthy, with no failure, no
+// last_error and no backoff, and refreshes on its first tick.
+func TestCleanStoppedCallIsNoFailure(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(55 * time.Minute)
+	e.storage.beforePut = func(*logical.StorageEntry) bool {
+		e.storage.beforePut = nil
+		e.b.end() // Clean begins while the marker is being stored
+		return false
+	}
+	_ = e.tick()
+	e.b.clean(context.Background())
+	if st := e.fake.Stats(); st.RefreshCalls != 0 {
+		t.Fatalf("a refresh was sent after Clean began: %+v", st)
+	}
+	e.b = restart(t, e)
+	if s := e.status(); s["state"] != stateHealthy || s["consecutive_failures"] != 0 || s["last_error"] != "" {
+		t.Fatalf("the next node starts with %v", s)
+	}
+	_ = e.tick()
+	if st := e.fake.Stats(); st.Refreshes != 1 || st.LoginCalls != 1 {
+		t.Fatalf("the next node's first tick did not refresh: %+v", st)
 	}
 }

@@ -93,7 +93,7 @@ type grant struct {
 
 // sessionBody is the JSON Teletracker answers with; unknown fields are ignored.
 type sessionBody struct {
-	Success                *bool           `json:"success"`
+	Success                json.RawMessage `json:"success"`
 	Token                  string          `json:"token"`
 	TokenExpiration        string          `json:"tokenExpiration"`
 	TokenLifetime          json.RawMessage `json:"tokenLifetime"`
@@ -254,7 +254,8 @@ func transportError(op string, err error) *upstreamError {
 // parseResponse turns one HTTP answer into a grant or an upstreamError; now
 // reads an HTTP-date Retry-After, secret is redacted from Teletracker's text.
 // A 2xx answer that is not a complete session is a failed call, but one that
-// carries a refresh token returns it beside the error: it is the way on.
+// carries a new refresh token was processed, whatever its success says: it
+// returns the refresh token beside the error, as the way on.
 func parseResponse(status int, retryAfter string, body []byte, now time.Time, secret string) (*grant, error) {
 	var sb sessionBody
 	decodeErr := json.Unmarshal(body, &sb)
@@ -282,16 +283,28 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 	if decodeErr != nil {
 		return nil, &upstreamError{kind: failUnknown, status: status, detail: "malformed JSON body"}
 	}
-	if sb.Success == nil || !*sb.Success {
+	if sb.RefreshToken == secret {
+		sb.RefreshToken = "" // the one sent, echoed: not a successor
+	}
+	var problems []string
+	switch {
+	case string(sb.Success) == "true":
+	case sb.RefreshToken == "":
 		detail := upstreamMessage(&sb, secret)
 		if detail == "" {
 			detail = "success is not true"
 		}
 		return nil, &upstreamError{kind: failTransient, status: status, detail: "call failed: " + detail}
+	case string(sb.Success) != "false":
+		// An answer that carries a refresh token was processed, whatever
+		// else it says: the refresh token sent is spent, this one is the
+		// way on.
+		problems = append(problems, "no boolean success")
+	default:
+		problems = append(problems, "success is false")
 	}
 
 	g := &grant{token: sb.Token, refreshToken: sb.RefreshToken}
-	var problems []string
 	if sb.Token == "" {
 		problems = append(problems, "no token")
 	}

@@ -57,8 +57,13 @@ func TestParseResponseClasses(t *testing.T) {
 		{name: "not json", status: 200, body: `<html>hello</html>`, kind: failUnknown},
 		{name: "huge lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":1e30}`, kind: failTransient, salvage: true, errContains: "implausibly long"},
 		{name: "success false", status: 200, body: `{"success":false,"error":"nope"}`, kind: failTransient, errContains: "call failed: nope"},
-		{name: "success missing", status: 200, body: `{"token":"a","refreshToken":"b","tokenLifetime":5}`, kind: failTransient, errContains: "success is not true"},
-		{name: "success as string", status: 200, body: `{"success":"true","token":"a"}`, kind: failTransient, errContains: "success is not true"},
+		// An answer that carries a refresh token was processed, whatever its
+		// success says: the new refresh token is kept.
+		{name: "success missing", status: 200, body: `{"token":"a","refreshToken":"b","tokenLifetime":5}`, kind: failTransient, salvage: true, errContains: "no boolean success"},
+		{name: "success as string", status: 200, body: `{"success":"true","token":"a","refreshToken":"b","tokenLifetime":5}`, kind: failTransient, salvage: true, errContains: "no boolean success"},
+		{name: "success as number", status: 201, body: `{"success":1,"refreshToken":"b"}`, kind: failTransient, salvage: true, errContains: "no boolean success, no token"},
+		{name: "success false with a refresh token", status: 200, body: `{"success":false,"token":"a","refreshToken":"b","tokenLifetime":5}`, kind: failTransient, salvage: true, errContains: "success is false"},
+		{name: "success as string, no refresh token", status: 200, body: `{"success":"true","token":"a"}`, kind: failTransient, errContains: "success is not true"},
 		{name: "no token", status: 200, body: `{"success":true,"refreshToken":"b","tokenLifetime":60}`, kind: failTransient, salvage: true, errContains: "no token"},
 		{name: "no refresh token", status: 200, body: `{"success":true,"token":"a","tokenLifetime":60}`, kind: failSpent, errContains: "no refreshToken"},
 		{name: "zero lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":0}`, kind: failTransient, salvage: true, errContains: "not positive"},
@@ -84,6 +89,16 @@ func TestParseResponseClasses(t *testing.T) {
 				t.Fatalf("error %q lacks %q", err, tc.errContains)
 			}
 		})
+	}
+}
+
+// TestParseResponseEchoIsNoSuccessor: the refresh token sent, echoed back,
+// is not a new one.
+func TestParseResponseEchoIsNoSuccessor(t *testing.T) {
+	g, err := parseResponse(200, "", []byte(`{"refreshToken":"rt-sent"}`), testStart, "rt-sent")
+	var ue *upstreamError
+	if g != nil || !errors.As(err, &ue) || ue.kind != failTransient {
+		t.Fatalf("an echo of the refresh token sent was taken for a successor: %+v %v", g, err)
 	}
 }
 

@@ -3,14 +3,15 @@ package teletracker
 import (
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"math/rand/v2"
 	"time"
 )
 
-// decide.go is the engine's state machine, without I/O: decide says when
-// Teletracker is called, and nothing else does; settle says what an answer
-// does to the record. rotation.go only loads, applies and stores.
+// decide.go is the engine's state machine, without I/O: decide says whether
+// and when Teletracker is called, reading the token's timeline
+// (timeline.go) and the record's waits, and nothing else does; settle says
+// what an answer does to the record. rotation.go only loads, applies and
+// stores; process.go only hands out the turns decide allows for.
 
 const (
 	// tickInterval is how often Vault calls PeriodicFunc.
@@ -22,10 +23,24 @@ const (
 	minRetryInterval = 30 * time.Second
 	// maxBackoff caps the exponential backoff after failures.
 	maxBackoff = 5 * time.Minute
-	// maxClockSkew is how far apart the clocks of Vault's nodes may be. A
-	// time further ahead of now than that means the clock was set back.
+	// maxClockSkew is the most a time stored by any node may be ahead of
+	// now before it counts as set on a clock since set back.
 	maxClockSkew = time.Minute
+	// sendWindow is how long after its marker's time a refresh may still be
+	// sent. A marker's Put acknowledged later is not followed by its call:
+	// another node may be resolving the marker by the time it would end.
+	sendWindow = 5 * time.Second
+	// maxPaceWait is the longest a call waits for its turn in the process's
+	// pacer; one that would wait longer is deferred (a tick tries again on
+	// the next tick).
+	maxPaceWait = 45 * time.Second
+	// readRetry is how soon reads of a served token whose call was not
+	// made (its turn had not come, or this node cannot write) try again.
+	readRetry = time.Second
 )
+
+// never is the time of what only an operator can change.
+var never = time.Unix(1<<62, 0)
 
 // triggerKind is what asks for the record to be brought up to date.
 type triggerKind int
@@ -43,6 +58,8 @@ type trigger struct {
 	kind triggerKind
 	// at is when it was asked; a rotate wants a token obtained no earlier.
 	at time.Time
+	// minTTL is a read's min_ttl: it wants a token with that much left.
+	minTTL time.Duration
 }
 
 // actionKind is what decide asks for.
@@ -62,6 +79,10 @@ type action struct {
 	kind actionKind
 	// at is when the wait ends (actWait).
 	at time.Time
+	// why names the wait (actWait).
+	why string
+	// paceWait is how long a call may wait for its turn in the pacer.
+	paceWait time.Duration
 }
 
 // calls reports whether a asks for a call to Teletracker.
@@ -73,7 +94,7 @@ func (a action) calls() bool {
 func (a action) err() error {
 	switch a.kind {
 	case actWait:
-		return &rateLimitedError{until: a.at}
+		return &rateLimitedError{until: a.at, why: a.why}
 	case actStop:
 		return errReauth
 	case actHeld:
@@ -87,7 +108,8 @@ func (a action) err() error {
 // NotBefore (which includes the backoff) for the engine's own triggers. (A
 // refresh in flight is marked with the waits that let its call end first.)
 func decide(r *record, now time.Time, t trigger) action {
-	if !r.wants(now, t) {
+	tl := r.timeline()
+	if !r.wants(&tl, now, t) {
 		return action{kind: actNothing}
 	}
 	switch {
@@ -103,46 +125,95 @@ func decide(r *record, now time.Time, t trigger) action {
 		// what a token-theft detector looks for.
 		kind = actLogin
 	}
+	operator := t.kind == triggerRotate || t.kind == triggerCredential
 	at := r.NotBefore
-	if t.kind == triggerRotate || t.kind == triggerCredential {
+	if operator {
 		at = r.HoldUntil // an operator's act waits for no backoff
 	}
 	if ahead(now, r.LastCallAt) {
 		at = time.Time{} // the clock was set back since: the waits are over
 	}
 	if now.Before(at) {
-		return action{kind: actWait, at: at}
+		return action{kind: actWait, at: at, why: r.waitReason(at)}
 	}
-	return action{kind: kind}
+	act := action{kind: kind, paceWait: maxPaceWait}
+	if t.kind == triggerRead && tl.lasts(now, t.minTTL) {
+		act.paceWait = 0 // a read of a token still served does not wait for its turn
+	}
+	return act
 }
 
 // wants reports whether t wants a new token for r at now: an operator one
-// newer than the request, a read one not due; a tick looks a tick (and its
-// spread) ahead, so that reads do not find the token due and no session
-// lapses for lack of them.
-func (r *record) wants(now time.Time, t trigger) bool {
+// obtained since asking, a read one once the token is due (or has less
+// left than its min_ttl), a tick one from replaceFrom, from renewFrom, or
+// while anything failed or is unresolved.
+func (r *record) wants(tl *timeline, now time.Time, t trigger) bool {
 	switch {
 	case t.kind == triggerTune:
 		return false
-	case r.Token == "" || ahead(now, r.ObtainedAt):
+	case !tl.held || ahead(now, tl.obtained):
 		return true // none, or of unknown age: the clock was set back
 	case t.kind == triggerRotate || t.kind == triggerCredential:
 		return r.State != stateReady || r.ObtainedAt.Before(t.at)
 	case t.kind == triggerRead:
-		return !now.Before(r.refreshAt())
+		return !now.Before(tl.due) || !tl.lasts(now, t.minTTL)
 	}
-	ahead := now.Add(tickInterval + r.spread())
-	return r.State != stateReady || !ahead.Before(r.refreshAt()) ||
-		(!r.RefreshTokenExpiresAt.IsZero() && !ahead.Add(r.Config.RefreshMargin).Before(r.RefreshTokenExpiresAt))
+	return r.State != stateReady || r.Failures > 0 || !now.Before(tl.replaceFrom) ||
+		(!tl.renewFrom.IsZero() && !now.Before(tl.renewFrom))
 }
 
-// spread is how much earlier than due a tick replaces r's token: a share of
-// the first half of the margin taken from its refresh token, so that mounts
-// that fell due together (Vault ticks every mount at once) spread out.
-func (r *record) spread() time.Duration {
-	h := fnv.New64a()
-	h.Write([]byte(r.RefreshToken))
-	return time.Duration(h.Sum64() % uint64(r.margin()/2+1))
+// waitReason names the wait that ends at at, for an error or a warning.
+func (r *record) waitReason(at time.Time) string {
+	switch {
+	case r.State == stateInFlight && at.Equal(r.markerEnd()):
+		return fmt.Sprintf("a refresh sent at %s may still be under way; its outcome is resolved once it has surely ended",
+			r.InFlightAt.UTC().Format(time.RFC3339))
+	case at.After(r.HoldUntil):
+		return fmt.Sprintf("backing off after %d failed calls", r.Failures)
+	case at.After(r.LastCallAt.Add(minCallInterval)):
+		return "Teletracker asked to wait (Retry-After)"
+	}
+	return fmt.Sprintf("at most one call every %s, and the last was at %s", minCallInterval, r.LastCallAt.UTC().Format(time.RFC3339))
+}
+
+// retryAt is when reads of r, answered at now with act, next bring it up
+// to date: before it they are answered from memory alone.
+func retryAt(tl *timeline, now time.Time, act action) time.Time {
+	switch act.kind {
+	case actNothing:
+		return tl.due
+	case actWait:
+		return act.at
+	case actHeld:
+		return now.Add(minCallInterval) // a read may store it, now and then
+	case actStop:
+		return never
+	}
+	// A call not made: its turn had not come, or this node cannot write.
+	// Not tried on every read meanwhile, while the token is served.
+	if next := now.Add(readRetry); tl.served(next) {
+		return next
+	}
+	return now
+}
+
+// attemptAt is when a tick next makes the call decide answered act for at
+// now, given that the last tick was at lastTick (zero if unknown): the
+// first tick at or after the wait. Zero when no call is wanted.
+func attemptAt(act action, now, lastTick time.Time) time.Time {
+	at := now
+	switch act.kind {
+	case actWait:
+		at = later(act.at, now)
+	case actRefresh, actLogin, actHeld: // a held record: the tick stores it, then calls
+	default:
+		return time.Time{}
+	}
+	if lastTick.IsZero() || lastTick.After(now) {
+		return at
+	}
+	ticks := (at.Sub(lastTick) + tickInterval - 1) / tickInterval
+	return lastTick.Add(max(ticks, 1) * tickInterval)
 }
 
 // ahead reports whether t is further ahead of now than the nodes' clocks
@@ -176,7 +247,8 @@ func backoff(n int) time.Duration {
 
 // marked is r as stored before its refresh token is sent at sentAt: should
 // Vault stop, the next active node waits until the call has surely ended
-// (request_timeout, as it is now) and the floor after it.
+// (sent within sendWindow, then request_timeout, as it is now) and the
+// floor after it.
 func (r *record) marked(sentAt time.Time) *record {
 	next := *r
 	next.State, next.InFlightAt = stateInFlight, sentAt
@@ -187,8 +259,14 @@ func (r *record) marked(sentAt time.Time) *record {
 // markWaits sets the waits of a refresh in flight since InFlightAt.
 func (r *record) markWaits() {
 	r.LastCallAt = r.InFlightAt
-	r.HoldUntil = r.InFlightAt.Add(r.Config.RequestTimeout + minCallInterval)
+	r.HoldUntil = r.markerEnd()
 	r.NotBefore = r.HoldUntil
+}
+
+// markerEnd is when a refresh marked at InFlightAt has surely ended, and
+// the floor after it: no node acts on the marker before.
+func (r *record) markerEnd() time.Time {
+	return r.InFlightAt.Add(sendWindow + r.Config.RequestTimeout + minCallInterval)
 }
 
 // settle is r after the call kind, sent at sentAt and answered at now with

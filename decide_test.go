@@ -77,7 +77,7 @@ func TestDecide(t *testing.T) {
 		// a refresh in flight: resolved once its call has surely ended, by a
 		// login when a password is stored
 		{name: "in flight/tick too soon", change: inFlight(at, true), now: 55*time.Minute + 15*time.Second, kind: tick, want: actWait,
-			wantAt: 55*time.Minute + 10*time.Second + minCallInterval},
+			wantAt: 55*time.Minute + sendWindow + 10*time.Second + minCallInterval},
 		{name: "in flight/tick", change: inFlight(at, true), now: 56 * time.Minute, kind: tick, want: actLogin},
 		{name: "in flight/rotate", change: inFlight(at, true), now: 56 * time.Minute, kind: rotate, want: actLogin},
 		{name: "in flight, no password/tick", change: inFlight(at, false), now: 56 * time.Minute, kind: tick, want: actRefresh},

@@ -23,23 +23,21 @@ var (
 	errHeld = errors.New("the mount's record is held in memory because storage refused it; Teletracker is not called until it is stored")
 	// errCleaned: Clean has begun; no call is made after it.
 	errCleaned = errors.New("the mount is being cleaned up (unmount, plugin reload, step-down or shutdown): Teletracker is not called")
+	// errNotSent: a call was not sent after all; nothing failed.
+	errNotSent = errors.New("Teletracker was not called")
 	// errNotStored: a new session was obtained but storage refused it.
 	errNotStored = errors.New("the new session could not be stored; it is held in memory, served, and stored before anything else")
 )
 
-// rateLimitedError says Teletracker may not be called before until, and why
-// (by default: the mount's rate limit, a Retry-After or the backoff).
+// rateLimitedError says Teletracker may not be called before until, and
+// which wait that is.
 type rateLimitedError struct {
 	until time.Time
 	why   string
 }
 
 func (e *rateLimitedError) Error() string {
-	why := e.why
-	if why == "" {
-		why = "rate limit, Retry-After or backoff after failures"
-	}
-	return "Teletracker may not be called before " + e.until.UTC().Format(time.RFC3339) + " (" + why + ")"
+	return "Teletracker may not be called before " + e.until.UTC().Format(time.RFC3339) + ": " + e.why
 }
 
 // inputError is a caller's mistake.
@@ -94,8 +92,10 @@ func respond(t triggerKind, err error) (*logical.Response, error) {
 	switch {
 	case t == triggerCredential && errors.As(err, &ue) && ue.kind == failRejected:
 		msg = "Teletracker refused the credentials, nothing changed: " + msg
+	case t == triggerCredential && errors.As(err, &ue) && ue.kind == failUnknown && ue.op == refreshPath:
+		msg = "nothing changed, but the refresh_token sent may be spent: " + msg
 	case t == triggerCredential && errors.As(err, &ue) && ue.kind == failUnknown:
-		msg = "nothing changed, but a refresh_token sent may be spent: " + msg
+		msg = "nothing changed, but Teletracker may have started a session the engine did not get: " + msg
 	case t == triggerCredential && code != http.StatusBadRequest && code != http.StatusInternalServerError:
 		msg = "nothing changed: " + msg
 	case t == triggerRotate && code != http.StatusBadRequest:

@@ -138,8 +138,8 @@ func (g recordGauges) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(stateDesc, prometheus.GaugeValue, v, s)
 	}
-	if r.Token != "" {
-		ch <- prometheus.MustNewConstMetric(tokenExpiresDesc, prometheus.GaugeValue, r.expiresAt().Sub(g.now).Seconds())
+	if tl := r.timeline(); tl.held {
+		ch <- prometheus.MustNewConstMetric(tokenExpiresDesc, prometheus.GaugeValue, tl.expires.Sub(g.now).Seconds())
 		ch <- prometheus.MustNewConstMetric(lastRotationDesc, prometheus.GaugeValue, float64(r.ObtainedAt.UnixMilli())/1000)
 	}
 	if !r.RefreshTokenExpiresAt.IsZero() {

@@ -624,3 +624,32 @@ func TestStoredPasswordNeverSentToNewBaseURL(t *testing.T) {
 		t.Fatal("the stored password was sent for a new account")
 	}
 }
+
+// TestSeedAnswerWithoutSuccessKeepsItsSuccessor: a refresh_token write whose
+// answer carries a new refresh token but no boolean success spent the seed:
+// the write stands, with a warning, and the session goes on.
+func TestSeedAnswerWithoutSuccessKeepsItsSuccessor(t *testing.T) {
+	e := newTestEnv(t)
+	seed := mustSession(t, e.fake)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Omit: []string{"success"}})
+	resp := e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
+	if resp == nil || len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "new refresh token") {
+		t.Fatalf("the write does not say the session goes on: %v", resp)
+	}
+	e.clock.Add(time.Minute)
+	_ = e.tick()
+	e.wantNoReuse()
+	e.readLive()
+}
+
+// TestLoginTimeoutNamesNoRefreshToken: a password write whose login times
+// out says nothing about a refresh token, since none was sent.
+func TestLoginTimeoutNamesNoRefreshToken(t *testing.T) {
+	e := newTestEnv(t)
+	e.fake.Fail("/auth/login", 1, fakett.Fault{Delay: 3 * time.Second})
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{
+		"base_url": e.url, "username": "demo", "password": "demo-password", "request_timeout": "1s"})
+	if statusOf(resp, err) != http.StatusBadGateway || strings.Contains(err.Error(), "refresh_token") || !strings.Contains(err.Error(), "nothing changed") {
+		t.Fatalf("a timed-out login answered %v %v", resp, err)
+	}
+}

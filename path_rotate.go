@@ -49,7 +49,7 @@ func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *
 	if !succeeded(err) {
 		return respond(triggerRotate, err)
 	}
-	st := newSnapshot(r, b.now())
+	st := newSnapshot(r, b.now(), b.lastTick())
 	resp := &logical.Response{Data: map[string]interface{}{
 		"expires_at": st.expiresAtText, "last_vault_rotation": st.lastRotation, "next_vault_rotation": st.nextRotation,
 	}}

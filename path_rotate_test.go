@@ -100,3 +100,39 @@ func TestRotateHonoursRetryAfter(t *testing.T) {
 	e.clock.Add(5 * time.Minute)
 	e.mustRequest(logical.UpdateOperation, "rotate", nil)
 }
+
+// TestFailedRotateRetriedOnBackoff: a rotate that fails leaves the mount
+// degraded only while the engine retries it: next_attempt_at is a tick in
+// the future, the tick then retries, and the mount is healthy again with
+// last_error kept.
+func TestFailedRotateRetriedOnBackoff(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	first := e.readToken().Data["token"]
+	e.clock.Add(5 * time.Minute)
+	_ = e.tick()
+	e.clock.Add(20 * time.Second)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	if _, err := e.request(logical.UpdateOperation, "rotate", nil); err == nil {
+		t.Fatal("the rotate did not fail")
+	}
+	s := e.status()
+	next, err := time.Parse(time.RFC3339, s["next_attempt_at"].(string))
+	if s["state"] != stateDegraded || err != nil || !next.After(e.clock.Now()) {
+		t.Fatalf("after a failed rotate: %v, want degraded with a next attempt in the future", s)
+	}
+	if w := e.readToken().Warnings; len(w) != 1 || !strings.Contains(w[0], "next attempt at "+s["next_attempt_at"].(string)) {
+		t.Fatalf("the read's warning does not name the next attempt: %v", w)
+	}
+	for e.clock.Now().Before(next) {
+		e.clock.Add(time.Minute)
+		_ = e.tick()
+	}
+	s = e.status()
+	if s["state"] != stateHealthy || s["consecutive_failures"] != 0 || !strings.Contains(s["last_error"].(string), "HTTP 503") {
+		t.Fatalf("after the retry: %v, want healthy with the last error kept", s)
+	}
+	if tok := e.readToken().Data["token"]; tok == first || !e.fake.Live(tok.(string)) || e.fake.Stats().RefreshCalls != 2 {
+		t.Fatalf("the rotation was not retried once: %+v", e.fake.Stats())
+	}
+}

@@ -44,8 +44,8 @@ var statusResponseFields = map[string]*framework.FieldSchema{
 	"refresh_token_expires_at": {Type: framework.TypeString, Required: true, Description: "When the refresh token expires on Vault's clock; empty if Teletracker did not say."},
 	"last_vault_rotation":      {Type: framework.TypeString, Required: true, Description: "When the current token was obtained."},
 	"next_vault_rotation":      {Type: framework.TypeString, Required: true, Description: "When the token is due for replacement."},
-	"next_attempt_at":          {Type: framework.TypeString, Required: true, Description: "After failures, or while a refresh is in flight or a login is due, when the engine will try again."},
-	"token_valid":              {Type: framework.TypeBool, Required: true, Description: "Whether the engine holds an unexpired token (token reads succeed)."},
+	"next_attempt_at":          {Type: framework.TypeString, Required: true, Description: "While degraded: when the engine tries again (the tick at or after the wait); empty otherwise."},
+	"token_valid":              {Type: framework.TypeBool, Required: true, Description: "Whether the engine holds a token it serves (token reads succeed)."},
 	"last_error":               {Type: framework.TypeString, Required: true, Description: "The most recent failure; kept after recovery (consecutive_failures says whether it is current)."},
 	"last_error_at":            {Type: framework.TypeString, Required: true, Description: "When it happened."},
 	"consecutive_failures":     {Type: framework.TypeInt, Required: true, Description: "Failed calls since the last success."},
@@ -61,25 +61,21 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 	now, state, nextAttempt := b.now(), stateUnconfigured, time.Time{}
 	if r.configured() {
 		state = r.health(now)
-		act := decide(r, now, trigger{kind: triggerTick})
-		if (r.Failures > 0 || r.State != stateReady) && (act.kind == actWait || act.calls()) {
-			nextAttempt = later(act.at, now) // when the wait ends, or now
+		if state == stateDegraded {
+			nextAttempt = attemptAt(decide(r, now, trigger{kind: triggerTick}), now, b.lastTick())
 		}
 	} else {
 		r = &record{}
 	}
-	tok := r // the times of the bearer token, when one is held
-	if r.Token == "" {
-		tok = &record{}
-	}
+	tl := r.timeline()
 	return &logical.Response{Data: map[string]interface{}{
 		"state":                    state,
-		"expires_at":               timeText(tok.expiresAt()),
+		"expires_at":               timeText(tl.expires),
 		"refresh_token_expires_at": timeText(r.RefreshTokenExpiresAt),
-		"last_vault_rotation":      timeText(tok.ObtainedAt),
-		"next_vault_rotation":      timeText(tok.refreshAt()),
+		"last_vault_rotation":      timeText(tl.obtained),
+		"next_vault_rotation":      timeText(tl.due),
 		"next_attempt_at":          timeText(nextAttempt),
-		"token_valid":              r.valid(now),
+		"token_valid":              tl.served(now),
 		"last_error":               r.LastError,
 		"last_error_at":            timeText(r.LastErrorAt),
 		"consecutive_failures":     r.Failures,

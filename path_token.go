@@ -17,9 +17,11 @@ import (
 type snapshot struct {
 	// rec is the record; never changed once published.
 	rec *record
+	// tl is rec's timeline.
+	tl timeline
 	// actAt: before it a read is answered from here alone, not after.
 	actAt time.Time
-	// problem is a read's warning while the token is valid, its error after.
+	// problem is a read's warning while the token is served, its error after.
 	problem string
 
 	// The response values, boxed once.
@@ -29,13 +31,6 @@ type snapshot struct {
 // bearer is the token_type value, boxed once.
 var bearer any = "Bearer"
 
-// readRetry is how soon reads of a valid token whose call was not made try
-// to make it again.
-const readRetry = time.Second
-
-// never is the actAt of a record only an operator can change.
-var never = time.Unix(1<<62, 0)
-
 // publish makes r what reads are answered from; epoch is b.epoch before r
 // was loaded: if Invalidate ran since, the copy is dropped. Under refreshMu.
 func (b *backend) publish(epoch uint64, r *record) {
@@ -43,56 +38,44 @@ func (b *backend) publish(epoch uint64, r *record) {
 		b.snap.Store(nil)
 		return
 	}
-	b.snap.Store(newSnapshot(r, b.now()))
+	b.snap.Store(newSnapshot(r, b.now(), b.lastTick()))
 	if b.epoch.Load() != epoch {
 		b.snap.Store(nil)
 	}
 }
 
-// newSnapshot prepares the answers to reads of r, as of now.
-func newSnapshot(r *record, now time.Time) *snapshot {
-	st := &snapshot{
-		rec:            r,
-		token:          r.Token,
-		expiresAtText:  r.expiresAt().UTC().Format(time.RFC3339),
-		lastRotation:   r.ObtainedAt.UTC().Format(time.RFC3339),
-		rotationPeriod: int64((r.Lifetime - r.margin()) / time.Second),
-	}
-	st.nextRotation = r.refreshAt().UTC().Format(time.RFC3339)
+// newSnapshot prepares the answers to reads of r, as of now; lastTick is
+// when the mount's last tick came (zero if unknown), for the warning that
+// says when the next attempt is made.
+func newSnapshot(r *record, now, lastTick time.Time) *snapshot {
+	st := &snapshot{rec: r, tl: r.timeline(), token: r.Token}
+	st.expiresAtText = st.tl.expires.UTC().Format(time.RFC3339)
+	st.lastRotation = st.tl.obtained.UTC().Format(time.RFC3339)
+	st.nextRotation = st.tl.due.UTC().Format(time.RFC3339)
+	st.rotationPeriod = int64(st.tl.rotationPeriod() / time.Second)
 	act := decide(r, now, trigger{kind: triggerRead})
-	switch act.kind {
-	case actNothing:
-		st.actAt = r.refreshAt()
-	case actWait:
-		st.actAt = act.at
-	case actHeld:
-		st.actAt = now.Add(minCallInterval) // a read may store it, now and then
-	case actStop:
-		st.actAt = never
-	default: // a call not made: its turn had not come, or this node cannot write
-		if r.valid(now.Add(readRetry)) {
-			st.actAt = now.Add(readRetry) // not on every read meanwhile, while it is served
-		}
-	}
+	st.actAt = retryAt(&st.tl, now, act)
 	switch {
 	case r.unsaved:
 		st.problem = errHeld.Error()
 	case r.needsReauth():
 		st.problem = "the session needs re-authentication: " + r.LastError
 	case r.Failures > 0:
+		next := attemptAt(decide(r, now, trigger{kind: triggerTick}), now, lastTick)
 		st.problem = fmt.Sprintf("refreshing has failed %d times since %s (last error: %s); next attempt at %s",
-			r.Failures, r.FailingSince.UTC().Format(time.RFC3339), r.LastError, later(r.NotBefore, now).UTC().Format(time.RFC3339))
+			r.Failures, r.FailingSince.UTC().Format(time.RFC3339), r.LastError, next.UTC().Format(time.RFC3339))
 	case act.kind == actWait:
 		st.problem = "the token is due for replacement, but " + act.err().Error()
 	}
 	return st
 }
 
-// answer is the token read's answer at now: the token, with a warning when
-// the session has a problem, or an error once it has expired. cause is why
-// the last attempt to bring it up to date failed, if it did.
-func (st *snapshot) answer(now time.Time, cause error) (*logical.Response, error) {
-	if st.rec.valid(now) {
+// answer is the token read's answer at now for a reader that needs minTTL
+// left: the token, with a warning when the session has a problem, or an
+// error once it is no longer served. cause is why the last attempt to
+// bring it up to date failed, if it did.
+func (st *snapshot) answer(now time.Time, minTTL time.Duration, cause error) (*logical.Response, error) {
+	if st.tl.lasts(now, minTTL) {
 		resp := st.response(now)
 		if cause != nil && st.problem == "" {
 			resp.AddWarning("the token could not be brought up to date: " + cause.Error())
@@ -107,23 +90,25 @@ func (st *snapshot) answer(now time.Time, cause error) (*logical.Response, error
 	default:
 		why = "it is due for replacement and no new one could be obtained yet"
 	}
-	if st.token == "" {
+	switch {
+	case st.token == "":
 		return nil, logical.CodedError(http.StatusBadGateway, "no Teletracker token is held: "+why)
+	case st.tl.served(now):
+		return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("the Teletracker token expires at %s, sooner than min_ttl (%s) asks, and could not be replaced: %s",
+			st.expiresAtText, minTTL, why))
 	}
 	return nil, logical.CodedError(http.StatusBadGateway, fmt.Sprintf("the Teletracker token expires at %s and could not be replaced: %s",
 		st.expiresAtText, why))
 }
 
 // ttl is the number of seconds until the engine will have replaced the
-// token: at least 1, and never past its expiry.
+// token: at least 1, and never past the time it stops being served.
 func (st *snapshot) ttl(now time.Time) int64 {
-	end := st.rec.refreshAt()
+	end := st.tl.due
 	if !now.Before(end) {
 		end = st.actAt
 	}
-	if exp := st.rec.expiresAt(); exp.Before(end) {
-		end = exp
-	}
+	end = earlier(end, st.tl.servedUntil)
 	return max(int64(end.Sub(now)/time.Second), 1)
 }
 
@@ -147,6 +132,7 @@ func (st *snapshot) response(now time.Time) *logical.Response {
 func pathToken(b *backend) *framework.Path {
 	return &framework.Path{
 		Pattern: "token",
+		Fields:  tokenFields,
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefix,
 		},
@@ -182,43 +168,89 @@ var tokenResponseFields = map[string]*framework.FieldSchema{
 	"next_vault_rotation": {Type: framework.TypeString, Required: true, Description: "When this token will be replaced at the latest (RFC 3339)."},
 }
 
+// tokenFields are the token read's fields.
+var tokenFields = map[string]*framework.FieldSchema{
+	"min_ttl": {
+		Type:        framework.TypeDurationSecond,
+		Description: "The reader needs a token with at least this long left before it expires: one with less is replaced first. At most the token's lifetime.",
+	},
+}
+
+// minTTLOf is the min_ttl a token read asks for, 0 when none.
+func minTTLOf(req *logical.Request) (time.Duration, error) {
+	if len(req.Data) == 0 {
+		return 0, nil
+	}
+	d := &framework.FieldData{Raw: req.Data, Schema: tokenFields}
+	v, ok, err := d.GetOkErr("min_ttl")
+	switch {
+	case err != nil:
+		return 0, invalid("min_ttl must be a duration such as 2m or 120: %v", err)
+	case !ok:
+		return 0, nil
+	case v.(int) < 0:
+		return 0, invalid("min_ttl must not be negative")
+	}
+	return time.Duration(v.(int)) * time.Second, nil
+}
+
+// tooLong is the caller's mistake of asking for more than r's tokens live.
+func tooLong(r *record, minTTL time.Duration) error {
+	if r.Token != "" && minTTL > r.Lifetime {
+		return invalid("min_ttl (%s) is longer than the token's lifetime (%s): no token can meet it", minTTL, r.Lifetime)
+	}
+	return nil
+}
+
 // pathTokenRead answers from the snapshot when it can, else brings the record
 // up to date first under the refresh lock. It never waits for another holder
-// of the lock while a valid token is known (in memory or in storage), and a
-// valid token is served, with a warning, when bringing it up to date fails.
+// of the lock while a token that meets the read's min_ttl is known (in memory
+// or in storage), and such a token is served, with a warning, when bringing
+// it up to date fails.
 func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	b.metrics.reads.Inc()
+	minTTL, err := minTTLOf(req)
+	if err != nil {
+		return respond(triggerRead, err)
+	}
 	st := b.snap.Load()
 	now := b.now()
 	switch {
-	case st != nil && now.Before(st.actAt):
-		return st.answer(now, nil)
-	case st != nil && st.rec.valid(now):
+	case st != nil && now.Before(st.actAt) && (minTTL == 0 || st.tl.lasts(now, minTTL)):
+		return st.answer(now, 0, nil)
+	case st != nil && tooLong(st.rec, minTTL) != nil:
+		return respond(triggerRead, tooLong(st.rec, minTTL))
+	case st != nil && st.tl.lasts(now, minTTL):
 		if !b.refreshMu.TryLock() {
-			return st.answer(now, nil)
+			return st.answer(now, minTTL, nil)
 		}
-	default: // no snapshot (after a restart or Invalidate): a valid stored token beats waiting
+	default: // no snapshot (after a restart or Invalidate): a stored token that lasts beats waiting
 		if !b.refreshMu.TryLock() {
-			if r, err := b.peekRecord(ctx, req.Storage); err == nil && r.configured() && r.valid(now) {
-				return newSnapshot(r, now).answer(now, nil)
+			if r, err := b.peekRecord(ctx, req.Storage); err == nil && r.configured() && tooLong(r, minTTL) == nil {
+				if snap := newSnapshot(r, now, b.lastTick()); snap.tl.lasts(now, minTTL) {
+					return snap.answer(now, minTTL, nil)
+				}
 			}
 			b.refreshMu.Lock()
 		}
 	}
-	r, err := b.applyLocked(ctx, req.Storage, trigger{kind: triggerRead}, nil)
+	r, err := b.applyLocked(ctx, req.Storage, trigger{kind: triggerRead, minTTL: minTTL}, nil)
 	b.refreshMu.Unlock()
 	now = b.now()
 	cur := b.snap.Load()
 	if cur == nil && r.configured() {
-		cur = newSnapshot(r, now) // Invalidate dropped what was just published
+		cur = newSnapshot(r, now, b.lastTick()) // Invalidate dropped what was just published
 	}
 	if cur == nil {
 		cur = st
 	}
-	if cur == nil || errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured) {
+	switch {
+	case cur == nil || errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured):
 		return respond(triggerRead, err)
+	case tooLong(cur.rec, minTTL) != nil:
+		return respond(triggerRead, tooLong(cur.rec, minTTL))
 	}
-	return cur.answer(now, err)
+	return cur.answer(now, minTTL, err)
 }
 
 const pathTokenHelpSyn = `Read the current Teletracker bearer token.`
@@ -231,6 +263,15 @@ has not), so a read normally never waits on Teletracker.
 ttl is the number of seconds until the engine will have replaced the token;
 with rotation_period it makes Vault Agent re-render right after each rotation.
 
-A read never returns an expired token: it fails and says why. While refreshes
-fail and the token is still valid, the read succeeds with a warning.
+min_ttl (optional) says the reader needs a token with at least that long
+left before expires_at: a token with less is replaced first (one call, under
+the usual limits, and one for many readers at once), and if none can be had
+the read fails and says why. min_ttl longer than the token's lifetime is
+refused (400). A min_ttl close to the lifetime makes nearly every read replace
+the token, at most one call every 10 seconds.
+
+A read never returns an expired token: a token is served until 5 seconds
+before it expires (Vault's nodes are assumed to agree on the time within
+that), then the read fails and says why. While refreshes fail and the token
+is still served, the read succeeds with a warning.
 `

@@ -86,7 +86,7 @@ func TestRotationWhenDueNotBefore(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil) // lifetime 1h, margin 10m: due at 50m, spread up to 5m
 	first := e.readToken().Data["token"]
-	spread := e.stored().spread()
+	from := e.stored().timeline().replaceFrom
 	refreshed := 0
 	for i := 1; i <= 49; i++ {
 		e.clock.Add(time.Minute)
@@ -97,9 +97,9 @@ func TestRotationWhenDueNotBefore(t *testing.T) {
 			refreshed = i
 		}
 	}
-	// The first tick at which now + 1m + spread reaches 50m.
-	if want := int((49*time.Minute - spread + time.Minute - 1) / time.Minute); refreshed != want || refreshed < 44 {
-		t.Fatalf("refreshed at %d m, want %d m (spread %v)", refreshed, want, spread)
+	// The first tick at or after replaceFrom: 50m less a tick and the spread.
+	if want := int((from.Sub(testStart) + time.Minute - 1) / time.Minute); refreshed != want || refreshed < 44 {
+		t.Fatalf("refreshed at %d m, want %d m (replace from %v)", refreshed, want, from)
 	}
 	if got := e.fake.Stats().Refreshes; got != 1 {
 		t.Fatalf("refreshes %d by 49m, want 1", got)
@@ -542,4 +542,105 @@ func TestStorageHiccupServesValidToken(t *testing.T) {
 	if got := e.fake.Stats().RefreshCalls; got != 0 {
 		t.Fatalf("refresh calls %d without a stored record", got)
 	}
+}
+
+// TestOutageServesTokenToItsLastSeconds: while Teletracker is down, reads
+// are served the token Teletracker still accepts until serveGuard before it
+// expires (80 s tokens, 40 s margin, reads every 100 ms, ticks each minute).
+func TestOutageServesTokenToItsLastSeconds(t *testing.T) {
+	e := newTestEnv(t, withFake(func(o *fakett.Options) { o.TokenLifetime = 80 * time.Second }))
+	e.configure(map[string]interface{}{"refresh_margin": "40s"})
+	tok := e.readToken().Data["token"].(string)
+	e.fake.Fail("/auth/refresh", -1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	e.fake.Fail("/auth/login", -1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	failed, lastServed := 0, time.Duration(0)
+	for step := time.Duration(0); step < 80*time.Second; step += 100 * time.Millisecond {
+		if step%time.Minute == 0 {
+			_ = e.tick()
+		}
+		resp, err := e.request(logical.ReadOperation, "token", nil)
+		switch {
+		case err == nil && !resp.IsError():
+			if resp.Data["token"] != tok || !e.fake.Live(tok) {
+				t.Fatalf("at %v a token Teletracker refuses was served", step)
+			}
+			lastServed = step
+		default:
+			failed++
+		}
+		e.clock.Add(100 * time.Millisecond)
+	}
+	if lastServed < 80*time.Second-serveGuard-100*time.Millisecond || failed != int(serveGuard/(100*time.Millisecond)) {
+		t.Fatalf("the token was served until %v of its 80 s, and %d reads failed; want until %v, and only those after", lastServed, failed, 80*time.Second-serveGuard)
+	}
+}
+
+// TestSmallMarginNeverWithholds: with a refresh_margin of a second and no
+// ticks at all (a node just made active, reads alone), reads replace the
+// token before it stops being served: none fails.
+func TestSmallMarginNeverWithholds(t *testing.T) {
+	e := newTestEnv(t, withFake(func(o *fakett.Options) { o.TokenLifetime = 5 * time.Minute }))
+	e.configure(map[string]interface{}{"refresh_margin": "1s"})
+	for step := 0; step < 20*60; step++ { // 20 minutes of a read a second
+		resp, err := e.request(logical.ReadOperation, "token", nil)
+		if err != nil || resp.IsError() {
+			t.Fatalf("read %d s in failed though Teletracker answers: %v %v", step, resp, err)
+		}
+		if !e.fake.Live(resp.Data["token"].(string)) {
+			t.Fatalf("read %d s in served a token Teletracker refuses", step)
+		}
+		e.clock.Add(time.Second)
+	}
+	if st := e.fake.Stats(); st.Refreshes < 3 || st.Refreshes > 5 {
+		t.Fatalf("%d refreshes in 20 minutes of 5-minute tokens", st.Refreshes)
+	}
+	e.wantNoReuse()
+}
+
+// TestMinTTL: a read with min_ttl is served a token with at least that
+// long left, replacing one with less first (one call for many readers),
+// and fails, saying why, when none can be had.
+func TestMinTTL(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	first := e.readToken().Data["token"]
+	e.clock.Add(40 * time.Minute) // 20 minutes left
+	if d := e.mustRequest(logical.ReadOperation, "token", map[string]interface{}{"min_ttl": "15m"}).Data; d["token"] != first {
+		t.Fatal("a token with 20 minutes left was replaced for a min_ttl of 15 minutes")
+	}
+	var wg sync.WaitGroup
+	tokens := make([]any, 20)
+	for i := range tokens {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if resp, err := e.request(logical.ReadOperation, "token", map[string]interface{}{"min_ttl": 1800}); err == nil && !resp.IsError() {
+				tokens[i] = resp.Data["token"]
+			}
+		}()
+	}
+	wg.Wait()
+	for _, tok := range tokens {
+		if tok == nil || tok == first || tok != tokens[0] {
+			t.Fatalf("readers asking for 30 minutes got %v", tokens)
+		}
+	}
+	if st := e.fake.Stats(); st.RefreshCalls != 1 {
+		t.Fatalf("%d refresh calls for 20 readers with min_ttl", st.RefreshCalls)
+	}
+	// Teletracker down: the read fails and says why; a plain read is served.
+	e.fake.Fail("/auth/refresh", -1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	e.clock.Add(45 * time.Minute)
+	resp, err := e.request(logical.ReadOperation, "token", map[string]interface{}{"min_ttl": "20m"})
+	if statusOf(resp, err) != http.StatusBadGateway || !strings.Contains(err.Error(), "sooner than min_ttl") || !strings.Contains(err.Error(), "HTTP 503") {
+		t.Fatalf("min_ttl unmet while Teletracker fails: %v %v", resp, err)
+	}
+	e.readToken()
+	for _, bad := range []interface{}{"2h", "soon", -5} {
+		resp, err := e.request(logical.ReadOperation, "token", map[string]interface{}{"min_ttl": bad})
+		if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "min_ttl") {
+			t.Fatalf("min_ttl=%v: %v %v, want 400", bad, resp, err)
+		}
+	}
+	e.wantNoReuse()
 }

@@ -3,6 +3,7 @@ package teletracker
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -25,9 +26,6 @@ const (
 	// thousand from one address is what a rate limiter answers with 429),
 	// with room for the time between a call's turn and its sending.
 	maxCallRate = 9
-	// maxPaceWait is the longest a call waits for its turn; one that would
-	// wait longer is deferred (a tick tries again on the next tick).
-	maxPaceWait = 45 * time.Second
 	// sendGap is the least time between two sends of the process: a turn
 	// is taken before a refresh's marker is stored, so a slow Put would
 	// otherwise send it on top of the calls whose turns came later. A
@@ -108,7 +106,7 @@ func (p *process) pace(ctx context.Context, now time.Time, maxWait time.Duration
 // most maxWait, and not past Clean. The caller holds refreshMu.
 func (b *backend) pace(ctx context.Context, maxWait time.Duration) error {
 	if since := b.mono().Sub(b.lastCall); !b.lastCall.IsZero() && since < minCallInterval {
-		return &rateLimitedError{until: b.now().Add(minCallInterval - since)}
+		return &rateLimitedError{until: b.now().Add(minCallInterval - since), why: fmt.Sprintf("at most one call every %s", minCallInterval)}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

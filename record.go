@@ -79,46 +79,25 @@ func (r *record) waitsOnly() *record {
 	return &record{LastCallAt: r.LastCallAt, NotBefore: r.NotBefore, HoldUntil: r.HoldUntil}
 }
 
-// expiresAt is when the bearer token expires, on Vault's clock.
-func (r *record) expiresAt() time.Time {
-	return r.ObtainedAt.Add(r.Lifetime)
-}
-
-// margin is the refresh margin in effect: the configured one, or half the
-// lifetime when that is under twice the margin.
-func (r *record) margin() time.Duration {
-	if r.Lifetime < 2*r.Config.RefreshMargin {
-		return r.Lifetime / 2
-	}
-	return r.Config.RefreshMargin
-}
-
-// refreshAt is when the token enters its margin and is due for replacement.
-func (r *record) refreshAt() time.Time {
-	return r.expiresAt().Add(-r.margin())
-}
-
-// valid reports whether a bearer token is held that is not of unknown age
-// (obtained on a clock since set back) and has not expired at now on any
-// node: it is served until a minute (a quarter of its lifetime, if less)
-// before its expiry, as far as the nodes' clocks may disagree.
-func (r *record) valid(now time.Time) bool {
-	guard := min(maxClockSkew, r.Lifetime/4)
-	return r.Token != "" && now.Before(r.expiresAt().Add(-guard)) && !ahead(now, r.ObtainedAt)
-}
-
 // needsReauth reports whether only an operator can help.
 func (r *record) needsReauth() bool {
 	return r.State == stateNeedReauth || (r.State == stateNeedLogin && r.Config.Password == "")
 }
 
+// served reports whether r's token may be served at now (timeline.go).
+func (r *record) served(now time.Time) bool {
+	tl := r.timeline()
+	return tl.served(now)
+}
+
 // health is the record's state at now as status reports it: degraded too
-// when no valid token is held (calls deferred for too long, say).
+// when no token is served (calls deferred for too long, say). Degraded
+// means a call is wanted and will be tried (status next_attempt_at).
 func (r *record) health(now time.Time) string {
 	switch {
 	case r.needsReauth():
 		return stateReauthRequired
-	case r.Failures > 0 || r.State != stateReady || r.unsaved || !r.valid(now):
+	case r.Failures > 0 || r.State != stateReady || r.unsaved || !r.served(now):
 		return stateDegraded
 	}
 	return stateHealthy

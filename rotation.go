@@ -2,6 +2,7 @@ package teletracker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -79,11 +80,7 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 	if !b.WriteSafeReplicationState() {
 		return prev, logical.ErrReadOnly // Vault forwards the request to the active node
 	}
-	wait := maxPaceWait
-	if t.kind == triggerRead && r.valid(b.now()) {
-		wait = 0 // a read of a valid token does not wait for its turn
-	}
-	if err := b.pace(ctx, wait); err != nil {
+	if err := b.pace(ctx, act.paceWait); err != nil {
 		b.Logger().Info("call deferred", "reason", err)
 		if t.kind == triggerCredential {
 			return prev, err
@@ -94,10 +91,11 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 	// result from being stored: nothing below listens to it.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.Config.RequestTimeout+2*storageTimeout)
 	defer cancel()
-	sentAt := b.now()
-	marked := act.kind == actRefresh
-	if marked {
-		if err := putRecord(ctx, storage, r.marked(sentAt)); err != nil {
+	sentAt, sendBy := b.now(), b.mono().Add(sendWindow)
+	var marker *record
+	if act.kind == actRefresh {
+		marker = r.marked(sentAt)
+		if err := putRecord(ctx, storage, marker); err != nil {
 			b.Logger().Error("refresh not attempted: storing its marker failed", "error", err)
 			err = fmt.Errorf("refresh not attempted: storing its marker failed: %w", err)
 			if t.kind == triggerCredential {
@@ -105,10 +103,15 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 			}
 			return b.keep(ctx, storage, prev, settle(r, act.kind, nil, err, sentAt, b.now()), t, false, err) // a failure, with its backoff
 		}
+		// No call goes out later than its marker promises to others.
+		sendBy = earlier(sendBy, b.mono().Add(sentAt.Add(sendWindow).Sub(b.now())))
 	}
-	g, err := b.call(ctx, &r.Config, act.kind, r.RefreshToken)
+	g, err := b.call(ctx, &r.Config, act.kind, r.RefreshToken, sendBy)
+	if errors.Is(err, errNotSent) {
+		return b.unsent(ctx, storage, prev, r, t, marker, err)
+	}
 	if err != nil && g == nil && t.kind == triggerCredential {
-		return b.refuse(ctx, storage, prev, marked, sentAt, err)
+		return b.refuse(ctx, storage, prev, marker != nil, sentAt, err)
 	}
 	r, callErr := settle(r, act.kind, g, err, sentAt, b.now()), err
 	if err != nil && t.kind == triggerCredential {
@@ -116,7 +119,62 @@ func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *r
 		// new one: the write stands, with the new refresh token.
 		callErr = &appliedError{fmt.Errorf("the answer of Teletracker was incomplete (%v); the session continues with its new refresh token, and a token is fetched on the next attempt", err)}
 	}
-	return b.keep(ctx, storage, prev, r, t, marked, callErr)
+	if marker != nil {
+		if other := b.movedOn(ctx, storage, marker, r); other != nil {
+			return other, callErr
+		}
+	}
+	return b.keep(ctx, storage, prev, r, t, marker != nil, callErr)
+}
+
+// unsent answers a call that was never sent (Clean began, or its marker's
+// Put was acknowledged too late to send it): nothing failed, nothing is
+// counted, and the marker, if one was stored, is taken back. The record
+// stays as it was before; for a config write, as it was before the write.
+func (b *backend) unsent(ctx context.Context, storage logical.Storage, prev, r *record, t trigger, marker *record, err error) (*record, error) {
+	b.Logger().Info("call not sent", "reason", err)
+	back := r
+	if t.kind == triggerCredential {
+		back = prev
+	}
+	if marker == nil {
+		return back, err
+	}
+	if other := b.movedOn(ctx, storage, marker, back); other != nil {
+		return other, err
+	}
+	if !back.configured() {
+		back = back.waitsOnly()
+	}
+	saved, serr := b.store(ctx, storage, back)
+	if serr != nil {
+		// The marker stands: the next attempt resolves it once its window
+		// is over, as after a crash.
+		b.Logger().Warn("taking back the marker of a call not sent failed", "error", serr)
+		return marker, err
+	}
+	return saved, err
+}
+
+// movedOn returns the stored record when storage no longer holds marker,
+// the marker this node stored before its call, because another node moved
+// the session on meanwhile (one that took over while this one was paused),
+// and r, what this node would store now, does not hold a session where
+// that record lost it. Nil when r is to be stored: the marker stands, or it
+// cannot be read (then storing r is what is left to do).
+func (b *backend) movedOn(ctx context.Context, storage logical.Storage, marker, r *record) *record {
+	cur, _, err := getRecord(ctx, storage)
+	if err != nil || cur == nil || (cur.State == marker.State && cur.InFlightAt.Equal(marker.InFlightAt) &&
+		cur.Generation == marker.Generation && cur.RefreshToken == marker.RefreshToken) {
+		return nil
+	}
+	if r.Generation > marker.Generation && (cur.needsReauth() || cur.State == stateNeedLogin) {
+		b.Logger().Warn("another node lost the session this node's call renewed; storing this node's", "generation", r.Generation)
+		return nil
+	}
+	b.Logger().Warn("another node moved the session on during this node's call; keeping its record", "generation", cur.Generation)
+	b.held.Store(nil)
+	return cur
 }
 
 // keep stores r, what spend made of prev, unless it is prev, and returns the
@@ -222,10 +280,12 @@ func (b *backend) store(ctx context.Context, storage logical.Storage, r *record)
 	}
 }
 
-// call sends one login or refresh under cfg and logs its outcome. A client
-// that cannot be built is a failed call like any other, recorded where
-// status shows it.
-func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refreshToken string) (*grant, error) {
+// call sends one login or refresh under cfg and logs its outcome, unless
+// Clean began or sendBy (on the mono clock) has passed by the time it
+// could be sent: then nothing is sent, and the error is errNotSent. A
+// client that cannot be built is a failed call like any other, recorded
+// where status shows it.
+func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refreshToken string, sendBy time.Time) (*grant, error) {
 	op := refreshPath
 	if kind == actLogin {
 		op = loginPath
@@ -234,12 +294,17 @@ func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refres
 	var g *grant
 	c, err := b.clientFor(cfg)
 	if err == nil {
-		err = b.proc.send(ctx)
+		if err = b.proc.send(ctx); err != nil {
+			err = fmt.Errorf("%w: %v", errNotSent, err)
+		}
 	}
-	if err == nil && b.life.Err() != nil {
-		err = errCleaned // Clean began since the turn: nothing is sent
-	}
-	if err == nil {
+	switch {
+	case err != nil:
+	case b.life.Err() != nil:
+		err = fmt.Errorf("%w: %w", errNotSent, errCleaned) // Clean began since the turn
+	case !b.mono().Before(sendBy):
+		err = fmt.Errorf("%w: its marker was stored too late to send it within %s", errNotSent, sendWindow)
+	default:
 		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 		start := time.Now()
 		b.lastCall = b.mono()
@@ -251,9 +316,11 @@ func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refres
 		cancel()
 		b.metrics.observe(kind, time.Since(start), err)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, errNotSent):
+	case err != nil:
 		b.Logger().Warn("teletracker call failed", "op", op, "error", err)
-	} else {
+	default:
 		b.Logger().Info("new token", "op", op, "lifetime", g.lifetime.String())
 	}
 	return g, err

@@ -123,7 +123,7 @@ func (e *testEnv) readLive() {
 		if held == nil {
 			held = e.stored()
 		}
-		if held != nil && held.Token != "" && e.clock.Now().Before(held.expiresAt()) {
+		if held != nil && held.Token != "" && held.served(e.clock.Now()) {
 			e.t.Fatalf("read failed while a valid token exists: %v %v", err, resp)
 		}
 		return
@@ -931,7 +931,7 @@ func TestMarkerOfNodeWithClockAhead(t *testing.T) {
 	if got := e.fake.Stats().RefreshCalls; got != 1 {
 		t.Fatalf("the marker of a node 5 s ahead was resolved 1 s after it was seen")
 	}
-	e.clock.Add(45 * time.Second)
+	e.clock.Add(50 * time.Second)
 	_ = e.tick()
 	if got := e.fake.Stats().Refreshes; got != 2 {
 		t.Fatalf("the marker was not resolved once its call had surely ended: %d refreshes", got)
@@ -967,6 +967,144 @@ func TestClockSetBackNeverServesExpiredToken(t *testing.T) {
 		e.clock.Add(time.Minute)
 		_ = e.tick()
 		e.readLive()
+	}
+	e.wantNoReuse()
+}
+
+// TestAnswerCarryingRefreshTokenIsProcessed: a 2xx answer that carries a
+// new refresh token, whatever its success says, spent the one sent: the new
+// one is kept and used next, and the spent one is never sent again.
+func TestAnswerCarryingRefreshTokenIsProcessed(t *testing.T) {
+	for name, fault := range map[string]fakett.Fault{
+		"success missing":   {Omit: []string{"success"}},
+		"success as string": {Success: "true"},
+		"success as number": {Success: 1},
+		"success false":     {Success: false, Omit: []string{"token"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := newTestEnv(t)
+			seed := mustSession(t, e.fake)
+			e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
+			e.clock.Add(55 * time.Minute)
+			e.fake.Fail("/auth/refresh", 1, fault)
+			_ = e.tick()
+			if s := e.stored(); s.State != stateReady || s.Failures != 1 || !strings.Contains(s.LastError, "success") {
+				t.Fatalf("record after the odd answer: state %s failures %d last error %q", s.State, s.Failures, s.LastError)
+			}
+			e.clock.Add(time.Minute)
+			_ = e.tick()
+			e.wantNoReuse()
+			if st := e.fake.Stats(); st.Refreshes != 3 || st.LoginCalls != 0 || e.status()["state"] != stateHealthy {
+				t.Fatalf("the session did not go on with the new refresh token: %+v, %v", st, e.status())
+			}
+			e.readLive()
+		})
+	}
+}
+
+// TestMarkerWindowCoversLatePut: a refresh whose marker's Put is
+// acknowledged later than the marker lets it be sent is not sent: another
+// node may be resolving the marker by then. Nothing is counted as failed,
+// and the marker is taken back.
+func TestMarkerWindowCoversLatePut(t *testing.T) {
+	e := newTestEnv(t)
+	seed := mustSession(t, e.fake)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
+	e.clock.Add(55 * time.Minute)
+	e.storage.beforePut = func(*logical.StorageEntry) bool {
+		e.storage.beforePut = nil
+		e.clock.Add(sendWindow) // a slow commit, a paused VM
+		return false
+	}
+	_ = e.tick()
+	if got := e.fake.Stats().RefreshCalls; got != 1 {
+		t.Fatalf("%d refresh calls: the refresh was sent after its marker's window", got-1)
+	}
+	if s := e.stored(); s.State != stateReady || s.Failures != 0 || s.LastError != "" {
+		t.Fatalf("a call not sent left state %s, %d failures, last error %q", s.State, s.Failures, s.LastError)
+	}
+	e.clock.Add(time.Minute)
+	_ = e.tick()
+	if st := e.fake.Stats(); st.Refreshes != 2 || st.LoginCalls != 0 {
+		t.Fatalf("the next tick did not refresh: %+v", st)
+	}
+	e.wantNoReuse()
+}
+
+// TestLateMarkerAckAfterTakeoverKeepsTheWinner: node A's marker Put is
+// acknowledged only after node B took over and resolved the marker (B
+// refreshed with the same refresh token, which A had not sent). A sends
+// nothing and stores nothing over B's session.
+func TestLateMarkerAckAfterTakeoverKeepsTheWinner(t *testing.T) {
+	e := newTestEnv(t)
+	seed := mustSession(t, e.fake)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
+	e.clock.Add(55 * time.Minute)
+	nodeB := restart(t, e)
+	e.storage.beforePut = func(entry *logical.StorageEntry) bool {
+		e.storage.beforePut = nil
+		if err := e.storage.Storage.Put(context.Background(), entry); err != nil { // A's marker, committed
+			t.Error(err)
+		}
+		e.clock.Add(time.Minute) // A pauses; B becomes active and resolves the marker
+		if err := nodeB.periodicFunc(context.Background(), &logical.Request{Storage: e.storage.Storage}); err != nil {
+			t.Error(err)
+		}
+		return true // and then A hears that its marker was stored
+	}
+	_ = e.tick() // node A
+	st := e.fake.Stats()
+	if st.RefreshCalls != 2 || st.ReusedRefreshTokens != 0 {
+		t.Fatalf("both nodes sent the refresh token: %+v", st)
+	}
+	if s := e.stored(); s.State != stateReady || s.Generation != 2 || !e.fake.Live(s.Token) {
+		t.Fatalf("B's session was overwritten: state %s generation %d", s.State, s.Generation)
+	}
+}
+
+// TestRejectedAfterTakeoverKeepsTheWinner: node A sent its refresh, paused,
+// and came back after node B had resolved the marker with a login; A's
+// answer (whatever it is) does not overwrite B's session.
+func TestRejectedAfterTakeoverKeepsTheWinner(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(55 * time.Minute)
+	nodeB := restart(t, e)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: http.StatusUnauthorized})
+	e.storage.beforePut = func(entry *logical.StorageEntry) bool {
+		if strings.Contains(string(entry.Value), `"state":"in_flight"`) { // A's marker: its call comes next
+			e.storage.beforePut = nil
+			e.storage.beforeGet = func(string) { // A's answer came late: B took over meanwhile
+				e.storage.beforeGet = nil
+				e.clock.Add(time.Minute)
+				if err := nodeB.periodicFunc(context.Background(), &logical.Request{Storage: e.storage.Storage}); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		return false
+	}
+	_ = e.tick() // node A: its refresh is rejected
+	if s := e.stored(); s.State != stateReady || !e.fake.Live(s.Token) || e.fake.Stats().Logins != 2 {
+		t.Fatalf("A's rejected refresh was stored over B's login: state %s, %+v", s.State, e.fake.Stats())
+	}
+}
+
+// TestShortRefreshTokenRenewedOnItsOwnMargin: refresh tokens that live 11
+// minutes, with the default 10-minute margin, are renewed on a margin
+// capped at half their lifetime: a refresh every few ticks, not every tick.
+func TestShortRefreshTokenRenewedOnItsOwnMargin(t *testing.T) {
+	e := newTestEnv(t, withFake(func(o *fakett.Options) { o.RefreshLifetime = 11 * time.Minute }))
+	e.configure(nil)
+	for i := 0; i < 30; i++ {
+		e.clock.Add(time.Minute)
+		_ = e.tick()
+		if s := e.stored(); !s.RefreshTokenExpiresAt.After(e.clock.Now()) {
+			t.Fatalf("the refresh token expired at %v", s.RefreshTokenExpiresAt)
+		}
+	}
+	if n := e.fake.Stats().Refreshes; n < 5 || n > 10 {
+		t.Fatalf("%d refreshes in 30 minutes of 11-minute refresh tokens; about 6 would do", n)
 	}
 	e.wantNoReuse()
 }

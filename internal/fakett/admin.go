@@ -24,6 +24,7 @@ type faultJSON struct {
 	Lifetime   *int     `json:"lifetime"`    // Fault.Lifetime
 	Omit       []string `json:"omit"`        // Fault.Omit
 	PadBytes   int      `json:"pad_bytes"`   // Fault.PadBytes
+	Success    any      `json:"success"`     // Fault.Success
 }
 
 // fault checks fj and converts it to a Fault.
@@ -37,6 +38,7 @@ func (fj faultJSON) fault() (Fault, error) {
 		Lifetime:   fj.Lifetime,
 		Omit:       fj.Omit,
 		PadBytes:   fj.PadBytes,
+		Success:    fj.Success,
 	}
 	if fj.Status != 0 && (fj.Status < 200 || fj.Status > 599) {
 		return Fault{}, errors.New("status must be 0 or 200-599")

@@ -16,7 +16,7 @@ import (
 // Unless Spend is set, a fault is applied before the call is processed, and a
 // fault that replaces the answer (Status, Body or Reset) leaves the server's
 // state untouched: no token is spent and no session is created. The call is
-// still counted. Lifetime, Omit and PadBytes disturb the normal answer, so the
+// still counted. Lifetime, Omit, PadBytes and Success disturb the normal answer, so the
 // call is processed.
 type Fault struct {
 	// Status answers with this HTTP status, with Body, or a success:false JSON
@@ -47,6 +47,9 @@ type Fault struct {
 	// PadBytes adds to an otherwise normal success response an extra JSON
 	// string field, "padding", of this many bytes.
 	PadBytes int
+	// Success, when not nil, is reported as the success field of an
+	// otherwise normal success response ("true" as a string, 1, false).
+	Success any
 }
 
 // queuedFault is a Fault waiting in an endpoint's queue.
@@ -187,6 +190,9 @@ func (f Fault) disturb(body map[string]any) {
 	}
 	if f.PadBytes > 0 {
 		body["padding"] = strings.Repeat("x", f.PadBytes)
+	}
+	if f.Success != nil {
+		body["success"] = f.Success
 	}
 }
 
