@@ -57,6 +57,8 @@ type backend struct {
 	// mono is a clock that never goes back (time.Now's monotonic reading),
 	// for the least time between two calls of this mount; tests replace it.
 	mono func() time.Time
+	// sleep waits on mono's time; tests and the simulation replace it.
+	sleep sleeper
 	// lastCall is when this process last called Teletracker for the mount,
 	// on mono; guarded by refreshMu.
 	lastCall time.Time
@@ -88,7 +90,7 @@ type backend struct {
 
 // newBackend is one mount of the engine in process p.
 func newBackend(p *process) *backend {
-	b := &backend{now: time.Now, mono: time.Now, proc: p, metrics: newMetrics()}
+	b := &backend{now: time.Now, mono: time.Now, sleep: sleep, proc: p, metrics: newMetrics()}
 	b.life, b.end = context.WithCancel(context.Background())
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
@@ -199,9 +201,13 @@ func (b *backend) clientFor(cfg *config) (*client, error) {
 	if b.client != nil && b.client.serves(cfg) {
 		return b.client, nil
 	}
-	t, err := b.proc.transport(cfg.CACert)
-	if err != nil {
-		return nil, err
+	var t http.RoundTripper = b.proc.roundTripper
+	if t == nil {
+		shared, err := b.proc.transport(cfg.CACert)
+		if err != nil {
+			return nil, err
+		}
+		t = shared
 	}
 	if b.client != nil {
 		b.proc.release(b.client.caPEM)

@@ -118,7 +118,7 @@ type client struct {
 // newClient is a client for cfg over transport (the process's, for cfg's
 // ca_cert). Redirects are not followed, so a credential is never sent
 // anywhere but base_url.
-func newClient(cfg *config, transport *http.Transport, now func() time.Time) *client {
+func newClient(cfg *config, transport http.RoundTripper, now func() time.Time) *client {
 	return &client{
 		baseURL: strings.TrimRight(cfg.BaseURL, "/"),
 		http: &http.Client{

@@ -47,8 +47,21 @@ func TestDecide(t *testing.T) {
 		{name: "expired/read", now: 2 * time.Hour, kind: read, want: actRefresh},
 		{name: "no bearer token/read", change: func(r *record) { r.Token = "" }, now: 5 * time.Minute, kind: read, want: actRefresh},
 		{name: "no bearer token/rotate", change: func(r *record) { r.Token = "" }, now: 5 * time.Minute, kind: rotate, want: actRefresh},
+		// a 15-minute refresh token: renewed by 7m30s (half its life), by the tick before
 		{name: "refresh token expiring/tick", change: func(r *record) { r.RefreshTokenExpiresAt = at(15 * time.Minute) },
-			now: 5 * time.Minute, kind: tick, want: actRefresh},
+			now: 6*time.Minute + 30*time.Second, kind: tick, want: actRefresh},
+		{name: "refresh token not yet expiring/tick", change: func(r *record) { r.RefreshTokenExpiresAt = at(15 * time.Minute) },
+			now: 6 * time.Minute, kind: tick, want: actNothing},
+		// a failure is retried by the tick on its backoff, though nothing is due
+		{name: "failed rotate/tick", change: func(r *record) {
+			r.Failures, r.LastCallAt, r.HoldUntil, r.NotBefore = 1, at(5*time.Minute), at(5*time.Minute+minCallInterval), at(5*time.Minute+40*time.Second)
+		}, now: 5*time.Minute + 20*time.Second, kind: tick, want: actWait, wantAt: 5*time.Minute + 40*time.Second},
+		{name: "failed rotate, backoff over/tick", change: func(r *record) {
+			r.Failures, r.LastCallAt, r.HoldUntil, r.NotBefore = 1, at(5*time.Minute), at(5*time.Minute+minCallInterval), at(5*time.Minute+40*time.Second)
+		}, now: 6 * time.Minute, kind: tick, want: actRefresh},
+		{name: "failed rotate/read", change: func(r *record) {
+			r.Failures, r.LastCallAt, r.HoldUntil, r.NotBefore = 1, at(5*time.Minute), at(5*time.Minute+minCallInterval), at(5*time.Minute+40*time.Second)
+		}, now: 6 * time.Minute, kind: read, want: actNothing},
 		{name: "refresh token expiring/read", change: func(r *record) { r.RefreshTokenExpiresAt = at(15 * time.Minute) },
 			now: 5 * time.Minute, kind: read, want: actNothing},
 		{name: "the floor/tick", change: func(r *record) { r.ObtainedAt = at(-55 * time.Minute) },

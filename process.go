@@ -48,6 +48,9 @@ type process struct {
 	// sendMu orders the sends; lastSend is when the last one went.
 	sendMu   sync.Mutex
 	lastSend time.Time
+	// roundTripper, when set, carries the calls of every mount instead of
+	// the transports (the simulation's Teletracker, in process).
+	roundTripper http.RoundTripper
 }
 
 func newProcess() *process {
@@ -75,28 +78,25 @@ func NewFactory() logical.Factory {
 }
 
 // pace waits for the next call's turn, now on the caller's monotonic clock,
-// or returns a rateLimitedError saying when it would come when that is more
-// than maxWait away, past ctx's deadline, or ctx ends first.
-func (p *process) pace(ctx context.Context, now time.Time, maxWait time.Duration) error {
+// with sleep, or returns a rateLimitedError saying when (on the wall clock
+// wall) it would come when that is more than maxWait away, past ctx's
+// deadline, or ctx ends first.
+func (p *process) pace(ctx context.Context, now, wall time.Time, sleep sleeper, maxWait time.Duration) error {
 	res := p.pacer.ReserveN(now, 1)
 	delay := res.DelayFrom(now)
 	if delay == 0 {
 		return nil
 	}
-	limited := &rateLimitedError{until: time.Now().Add(delay), why: "the plugin's calls to Teletracker, all mounts together, are paced"}
+	limited := &rateLimitedError{until: wall.Add(delay), why: "the plugin's calls to Teletracker, all mounts together, are paced"}
 	if dl, ok := ctx.Deadline(); delay > maxWait || ok && time.Now().Add(delay).After(dl) {
 		res.Cancel()
 		return limited
 	}
-	t := time.NewTimer(delay)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
+	if err := sleep(ctx, delay); err != nil {
 		res.Cancel()
 		return limited
 	}
+	return nil
 }
 
 // pace waits for the turn of a call the record allows: never within
@@ -111,29 +111,41 @@ func (b *backend) pace(ctx context.Context, maxWait time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(b.life, cancel)() // Clean stops the wait
-	err := b.proc.pace(ctx, b.mono(), maxWait)
+	err := b.proc.pace(ctx, b.mono(), b.now(), b.sleep, maxWait)
 	if b.life.Err() != nil {
 		return errCleaned // a request that came after Clean, or a turn that came with it
 	}
 	return err
 }
 
-// send waits until sendGap has passed since the process's last send, or
-// ctx ends, and then counts the caller's call as sent.
-func (p *process) send(ctx context.Context) error {
+// send waits, with sleep, until sendGap has passed since the process's
+// last send on the monotonic clock mono, or ctx ends, and then counts the
+// caller's call as sent.
+func (p *process) send(ctx context.Context, mono func() time.Time, sleep sleeper) error {
 	p.sendMu.Lock()
 	defer p.sendMu.Unlock()
-	if wait := sendGap - time.Since(p.lastSend); wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return ctx.Err()
+	if wait := sendGap - mono().Sub(p.lastSend); !p.lastSend.IsZero() && wait > 0 {
+		if err := sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
-	p.lastSend = time.Now()
+	p.lastSend = mono()
 	return nil
+}
+
+// sleeper waits d, or until ctx ends (then it returns ctx's error).
+type sleeper func(ctx context.Context, d time.Duration) error
+
+// sleep is the real sleeper.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // transport is the process's HTTP transport for ca_cert caPEM, for one more

@@ -271,9 +271,7 @@ func (b *backend) store(ctx context.Context, storage logical.Storage, r *record)
 		if i == saveAttempts {
 			return nil, err
 		}
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
+		if b.sleep(ctx, delay) != nil {
 			return nil, err
 		}
 		delay *= 2
@@ -294,7 +292,7 @@ func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refres
 	var g *grant
 	c, err := b.clientFor(cfg)
 	if err == nil {
-		if err = b.proc.send(ctx); err != nil {
+		if err = b.proc.send(ctx, b.mono, b.sleep); err != nil {
 			err = fmt.Errorf("%w: %v", errNotSent, err)
 		}
 	}
@@ -306,15 +304,15 @@ func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refres
 		err = fmt.Errorf("%w: its marker was stored too late to send it within %s", errNotSent, sendWindow)
 	default:
 		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
-		start := time.Now()
-		b.lastCall = b.mono()
+		start := b.mono()
+		b.lastCall = start
 		if kind == actLogin {
 			g, err = c.login(ctx, cfg.Username, cfg.Password, cfg.AccountID)
 		} else {
 			g, err = c.refresh(ctx, refreshToken)
 		}
 		cancel()
-		b.metrics.observe(kind, time.Since(start), err)
+		b.metrics.observe(kind, b.mono().Sub(start), err)
 	}
 	switch {
 	case errors.Is(err, errNotSent):
