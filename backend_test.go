@@ -3,9 +3,7 @@ package teletracker
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http/httptest"
 	"reflect"
 	"strings"
@@ -19,6 +17,7 @@ import (
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/helper/testhelpers/schema"
 	"github.com/hashicorp/vault/sdk/logical"
+	"golang.org/x/time/rate"
 
 	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
 )
@@ -529,67 +528,6 @@ func TestCleanStoresHeldRecord(t *testing.T) {
 	e.wantNoReuse()
 }
 
-// TestMigrationFromV010: a mount written by v0.1.0 (config and session
-// apart) is read once, stored as one record, and served without a call.
-func TestMigrationFromV010(t *testing.T) {
-	cases := []struct {
-		name    string
-		session string // the v0.1.0 session entry, %q the identity
-		state   string
-		token   bool
-	}{
-		{"healthy", `{"identity":%q,"token":"tok","refresh_token":"rt","lifetime":3600000000000,"obtained_at":"2026-03-01T11:50:00Z","generation":3,"refresh_count":2}`, stateReady, true},
-		{"interrupted", `{"identity":%q,"token":"tok","refresh_token":"rt","lifetime":3600000000000,"obtained_at":"2026-03-01T11:50:00Z","pending":{"generation":1,"started_at":"2026-03-01T11:59:00Z"}}`, stateInFlight, true},
-		{"rejected", `{"identity":%q,"token":"tok","lifetime":3600000000000,"obtained_at":"2026-03-01T11:50:00Z","refresh_rejected":true}`, stateNeedLogin, true},
-		{"reauth", `{"identity":%q,"reauth_required":true,"refresh_rejected":true}`, stateNeedReauth, false},
-		{"foreign", `{"identity":"https://elsewhere \"demo\" 0","token":"tok"}`, stateNeedLogin, false},
-		{"no session", ``, stateNeedLogin, false},
-		{"backing off", `{"identity":%q,"token":"tok","refresh_token":"rt","lifetime":3600000000000,"obtained_at":"2026-03-01T11:50:00Z","consecutive_failures":2,"last_refresh_at":"2026-03-01T11:59:30Z","last_error_at":"2026-03-01T11:59:30Z","next_attempt_at":"2026-03-01T12:04:00Z","retry_after_until":"2026-03-01T12:02:00Z"}`, stateReady, true},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			e := newTestEnv(t)
-			cfg := config{BaseURL: e.url, Username: "demo", Password: "demo-password", RefreshMargin: defaultRefreshMargin, RequestTimeout: defaultRequestTimeout}
-			put := func(key, value string) {
-				if err := e.storage.Put(context.Background(), &logical.StorageEntry{Key: key, Value: []byte(value)}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			cfgJSON, _ := json.Marshal(cfg)
-			put(legacyConfigKey, string(cfgJSON))
-			if tc.session != "" {
-				if strings.Contains(tc.session, "%q") {
-					tc.session = fmt.Sprintf(tc.session, cfg.identity())
-				}
-				put(legacySessionKey, tc.session)
-			}
-			if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
-				t.Fatal(err)
-			}
-			r := e.stored()
-			if r == nil || r.State != tc.state || (r.Token == "tok") != tc.token || r.Config != cfg {
-				t.Fatalf("migrated record %+v, want state %s", r, tc.state)
-			}
-			if tc.name == "backing off" && (r.Failures != 2 || !r.NotBefore.Equal(testStart.Add(4*time.Minute)) || !r.HoldUntil.Equal(testStart.Add(2*time.Minute))) {
-				t.Fatalf("the waits were not carried over: %+v", r)
-			}
-			for _, key := range []string{legacyConfigKey, legacySessionKey} {
-				if entry, _ := e.storage.Get(context.Background(), key); entry != nil {
-					t.Fatalf("%s left behind", key)
-				}
-			}
-			if tc.token {
-				if got := e.readToken().Data["token"]; got != "tok" {
-					t.Fatalf("read %v after the migration", got)
-				}
-			}
-			if got := e.fake.Stats().RefreshCalls + e.fake.Stats().LoginCalls; got != 0 {
-				t.Fatalf("the migration called Teletracker %d times", got)
-			}
-		})
-	}
-}
-
 // TestCleanStoppedCallIsNoFailure: a refresh that Clean (a reload or a
 // step-down) stopped after its marker was stored, but before it was sent,
 // failed nothing: the next node starts healthy, with no failure, no
@@ -615,5 +553,94 @@ func TestCleanStoppedCallIsNoFailure(t *testing.T) {
 	_ = e.tick()
 	if st := e.fake.Stats(); st.Refreshes != 1 || st.LoginCalls != 1 {
 		t.Fatalf("the next node's first tick did not refresh: %+v", st)
+	}
+}
+
+// Clean (unmount, reload, seal) does not wait for a tick waiting its turn,
+// and the call not yet sent when Clean began is never sent.
+func TestCleanDoesNotWaitForCallNotYetSent(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(49 * time.Minute)
+	reserveOthers(e, 100) // the tick's turn: 10 s away
+	go func() { _ = e.tick() }()
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	e.b.Cleanup(context.Background())
+	took := time.Since(start)
+	if calls := e.fake.Stats().RefreshCalls; took > 2*time.Second || calls != 0 {
+		t.Fatalf("Clean took %v, and %d refresh sent after Clean began", took, calls)
+	}
+}
+
+// A request that reaches the mount after Clean began (a read queued on
+// refreshMu before Clean, or any request once Clean returned) never calls
+// Teletracker, and takes no transport from the process.
+func TestNoCallAfterClean(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	before := e.fake.Stats()
+	e.clock.Add(49 * time.Minute) // due at this tick
+	e.b.clean(context.Background())
+	if n := len(e.b.proc.transports); n != 0 {
+		t.Fatalf("setup: %d transports after Clean", n)
+	}
+	_ = e.tick()
+	st := e.fake.Stats()
+	if n := st.LoginCalls + st.RefreshCalls - before.LoginCalls - before.RefreshCalls; n != 0 {
+		t.Errorf("%d call(s) to Teletracker after Clean", n)
+	}
+	if n := len(e.b.proc.transports); n != 0 {
+		t.Errorf("%d transport(s) taken after Clean, never released", n)
+	}
+}
+
+// Vault replaces a mount's backend (plugin reload, remount) and Cleans the
+// old one while a request still reaches it: the old one calls no one, so
+// the new one's refresh never re-sends a refresh token the old one spent.
+func TestCleanedBackendRacesItsSuccessor(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(49 * time.Minute)
+	old := e.b
+	old.clean(context.Background())
+	b2 := restart(t, e)
+	t.Cleanup(func() { b2.Cleanup(context.Background()) })
+	b2.proc.pacer = rate.NewLimiter(rate.Every(500*time.Millisecond), 1)
+	b2.proc.pacer.Allow() // another mount of the new process took the turn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = b2.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+	}()
+	time.Sleep(100 * time.Millisecond) // b2 has loaded the record and waits for its turn
+	_ = old.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+	<-done
+	if n := e.fake.Stats().ReusedRefreshTokens; n != 0 {
+		t.Errorf("fake saw %d re-used refresh token(s); stored state %q, last_error %q", n, e.stored().State, e.stored().LastError)
+	}
+}
+
+// A turn taken just before Clean begins is not followed by a send after
+// Clean began (while the marker is stored and the send waits for sendGap).
+func TestNoSendAfterCleanBegan(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(49 * time.Minute)
+	var cleanAt atomic.Int64
+	slow := &slowPuts{Storage: e.storage, delay: 300 * time.Millisecond}
+	done := make(chan struct{})
+	before := e.fake.Stats()
+	go func() {
+		defer close(done)
+		_ = e.b.periodicFunc(context.Background(), &logical.Request{Storage: slow})
+	}()
+	time.Sleep(100 * time.Millisecond) // the tick has its turn and stores its marker
+	cleanAt.Store(time.Now().UnixNano())
+	e.b.clean(context.Background())
+	<-done
+	st := e.fake.Stats()
+	if n := st.LoginCalls + st.RefreshCalls - before.LoginCalls - before.RefreshCalls; n != 0 {
+		t.Errorf("%d call(s) sent after Clean began (Clean at %v)", n, time.Unix(0, cleanAt.Load()).Format(time.StampMilli))
 	}
 }

@@ -3,9 +3,15 @@ package teletracker
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
+	"golang.org/x/time/rate"
 )
 
 // TestDecide is the table of when Teletracker is called: every state of the
@@ -252,5 +258,108 @@ func TestTickSpread(t *testing.T) {
 		if first[m] < 100 || first[m] > 300 {
 			t.Fatalf("refreshes by minute %v: not spread", first)
 		}
+	}
+}
+
+// A login that set no floor, then a rotate whose refresh is rejected and
+// the login after it, never make three calls within ten seconds.
+func TestNoThreeCallsWithinTenSeconds(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(time.Minute)
+	before := e.fake.Stats()
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"}) // login, no floor
+	e.clock.Add(time.Second)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: http.StatusUnauthorized})
+	_, _ = e.request(logical.UpdateOperation, "rotate", nil) // refresh rejected, then a login
+	st := e.fake.Stats()
+	if calls := st.LoginCalls + st.RefreshCalls - before.LoginCalls - before.RefreshCalls; calls > 2 {
+		t.Fatalf("%d calls to Teletracker within 1 s (%d logins, %d refreshes)", calls,
+			st.LoginCalls-before.LoginCalls, st.RefreshCalls-before.RefreshCalls)
+	}
+}
+
+// A rejected refresh sets the floor: a refresh_token written just after it
+// waits for it instead of calling /auth/refresh a second later.
+func TestRejectedRefreshThenSeedKeepsTheFloor(t *testing.T) {
+	e := newTestEnv(t)
+	seed := mustSession(t, e.fake)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
+	e.clock.Add(time.Minute)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: http.StatusUnauthorized})
+	_, _ = e.request(logical.UpdateOperation, "rotate", nil) // rejected: reauth_required
+	e.clock.Add(time.Second)
+	seed2 := mustSession(t, e.fake)
+	_, _ = e.request(logical.UpdateOperation, "config", map[string]interface{}{"refresh_token": seed2})
+	e.wantRateBound(false)
+}
+
+// Vault's clock set back a day: the token is of unknown age and refreshed
+// at once; when Teletracker rejects that refresh, the login with the stored
+// password comes after the floor, not a day later.
+func TestClockSetBackThenRejectedRefreshGoesOn(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(30 * time.Minute)
+	e.b.now = func() time.Time { return e.clock.Now().Add(-24 * time.Hour) }
+	e.fake.RevokeAll()
+	_ = e.tick()
+	for i := 0; i < 10; i++ {
+		e.clock.Add(time.Minute)
+		_ = e.tick()
+	}
+	if st := e.fake.Stats(); st.LoginCalls < 2 {
+		t.Fatalf("no login in the 10 minutes after a rejected refresh with a password stored: %+v; status %v", st, e.status())
+	}
+	e.readLive()
+	if _, err := e.request(logical.ReadOperation, "token", nil); err != nil {
+		t.Fatalf("no token served: %v; status %v", err, e.status())
+	}
+}
+
+// A clock that flaps by two minutes (two time sources fighting, or
+// leadership flapping between nodes two minutes apart) with an operator
+// rotating every second makes no storm: the floor holds on the mono clock.
+func TestFlappingClockMakesNoStorm(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	var back atomic.Bool
+	e.b.now = func() time.Time {
+		if back.Load() {
+			return e.clock.Now().Add(-2 * time.Minute)
+		}
+		return e.clock.Now()
+	}
+	e.clock.Add(time.Minute)
+	before := e.fake.Stats().RefreshCalls
+	for i := 0; i < 10; i++ {
+		e.clock.Add(time.Second)
+		back.Store(i%2 == 0)
+		_, _ = e.request(logical.UpdateOperation, "rotate", nil)
+	}
+	if got := e.fake.Stats().RefreshCalls - before; got > 2 {
+		t.Fatalf("%d refreshes in 10 s", got)
+	}
+}
+
+// A read's retry time (now+1s) is capped at the end of the token's
+// service: a read deferred just before the token stops being served does
+// not answer the reads after that from memory alone, with a 502, while a
+// call could be made.
+func TestReadRetryNeverOutlivesService(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.b.proc.pacer = rate.NewLimiter(rate.Every(time.Hour), 1)
+	e.b.proc.pacer.Allow()                             // other mounts hold the next turns
+	e.clock.Add(59*time.Minute - 500*time.Millisecond) // due, valid for 0.5 s more
+	e.readToken()                                      // deferred: valid, no wait
+	e.b.proc.pacer = rate.NewLimiter(maxCallRate, 1)   // turns free again
+	e.clock.Add(600 * time.Millisecond)                // no longer valid
+	before := e.fake.Stats()
+	resp, err := e.request(logical.ReadOperation, "token", nil)
+	st := e.fake.Stats()
+	calls := st.LoginCalls + st.RefreshCalls - before.LoginCalls - before.RefreshCalls
+	if err != nil || resp == nil || resp.IsError() {
+		t.Fatalf("read of a token past validity made %d call(s) with a free turn and failed: err=%v resp=%v", calls, err, resp)
 	}
 }

@@ -157,3 +157,23 @@ func TestMetricsMountsApart(t *testing.T) {
 		t.Fatalf("mount a counted %v reads, want 5", got)
 	}
 }
+
+// A client that cannot be built (a stored ca_cert TLS would ignore) is not
+// counted as a call, nor timed: Teletracker was never called.
+func TestMetricsCountOnlyCallsMade(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.storeUnusableCACert(t)
+	e.clock.Add(49 * time.Minute)
+	_ = e.tick()
+	m := e.scrape()
+	made := e.fake.Stats().RefreshCalls
+	counted := 0.0
+	for _, o := range outcomes {
+		counted += value(t, m, "teletracker_refreshes_total", "outcome="+o)
+	}
+	if counted != float64(made) || value(t, m, "teletracker_upstream_request_duration_seconds", "op=refresh") != float64(made) {
+		t.Fatalf("metrics count %v refresh calls (histogram %v), Teletracker saw %d", counted,
+			value(t, m, "teletracker_upstream_request_duration_seconds", "op=refresh"), made)
+	}
+}

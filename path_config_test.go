@@ -653,3 +653,82 @@ func TestLoginTimeoutNamesNoRefreshToken(t *testing.T) {
 		t.Fatalf("a timed-out login answered %v %v", resp, err)
 	}
 }
+
+// A script retrying a config write with a password while storage refuses
+// Puts (Gets work: disk full, ACL) makes no login storm: the waits each
+// login set are kept in memory, so the next write waits for them.
+func TestCredentialWriteLoopWhileStorageRefusesPuts(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault *fakett.Fault
+	}{
+		{"login accepted", nil},
+		{"login refused 401", &fakett.Fault{Status: http.StatusUnauthorized}},
+		{"login 429 Retry-After 3600", &fakett.Fault{Status: http.StatusTooManyRequests, RetryAfter: "3600"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.configure(nil)
+			e.clock.Add(time.Minute)
+			if tc.fault != nil {
+				e.fake.Fail("/auth/login", -1, *tc.fault)
+			}
+			e.storage.failPuts.Store(-1)
+			before := e.fake.Stats().LoginCalls
+			for i := 0; i < 10; i++ {
+				e.clock.Add(time.Second)
+				_, _ = e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": "demo-password"})
+			}
+			if got := e.fake.Stats().LoginCalls - before; got > 2 {
+				t.Fatalf("%d logins to Teletracker in 10 s from 10 config writes", got)
+			}
+		})
+	}
+}
+
+// A write that changes base_url with a refresh_token but no password
+// drops the stored password: once the new host refuses a refresh, the
+// engine does not log in there with the old account's password.
+func TestStoredPasswordNeverSentToNewHostAfterSeedWrite(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	var gotPassword atomic.Value
+	evil := fakett.New(fakett.Options{Now: e.clock.Now, Users: map[string]string{"demo": "x"}})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/auth/login" {
+			_ = r.ParseForm()
+			gotPassword.Store(r.PostForm.Get("password"))
+		}
+		evil.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	seed, _ := evil.NewSession("demo")
+	e.clock.Add(time.Minute)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": srv.URL, "refresh_token": seed})
+	evil.RevokeAll() // the new host now refuses the refresh token
+	e.clock.Add(time.Minute)
+	_, _ = e.request(logical.UpdateOperation, "rotate", nil)
+	if p, _ := gotPassword.Load().(string); p == "demo-password" {
+		t.Fatal("the password stored for the old base_url was sent to the new one")
+	}
+}
+
+// A write that moves the mount to another user, answered with a refresh
+// token but no bearer token, succeeds with a warning, and reads never serve
+// the old user's bearer token under the new config.
+func TestNewAccountNeverServesOldAccountsToken(t *testing.T) {
+	e := newTestEnv(t, withFake(func(o *fakett.Options) {
+		o.Users = map[string]string{"demo": "demo-password", "other": "other-password"}
+	}))
+	e.configure(nil)
+	old := e.readToken().Data["token"]
+	e.clock.Add(time.Minute)
+	e.fake.Fail("/auth/login", 1, fakett.Fault{Omit: []string{"token"}})
+	resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"username": "other", "password": "other-password"})
+	if err != nil || resp.IsError() {
+		t.Skipf("write refused: %v %v", err, resp)
+	}
+	if r, err := e.request(logical.ReadOperation, "token", nil); err == nil && !r.IsError() && r.Data["token"] == old {
+		t.Fatalf("after moving the mount to user other, the read serves user demo's bearer token")
+	}
+}

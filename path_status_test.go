@@ -70,3 +70,29 @@ func TestStatusNeedsNoTeletracker(t *testing.T) {
 		t.Fatal("status called Teletracker")
 	}
 }
+
+// A mount whose calls the pacer defers tick after tick until its token is
+// no longer served is not healthy: status says degraded while reads fail.
+func TestStatusNotHealthyWhenDeferralsExpireToken(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(48 * time.Minute)
+	for i := 0; i < 13; i++ { // ticks at 49 .. 61 min
+		e.clock.Add(time.Minute)
+		reserveOthers(e, 460) // 460 other mounts in the queue: > 45 s
+		if err := e.tick(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reserveOthers(e, 460)
+	resp, err := e.request(logical.ReadOperation, "token", nil)
+	s := e.status()
+	t.Logf("read: %d %v; status %v", statusOf(resp, err), err, s)
+	if statusOf(resp, err) == http.StatusOK {
+		t.Fatal("setup: the token was still served")
+	}
+	if s["state"] == stateHealthy {
+		t.Fatalf("status healthy (failures %v, next_attempt_at %q) while the token expired at %v and reads fail",
+			s["consecutive_failures"], s["next_attempt_at"], s["expires_at"])
+	}
+}

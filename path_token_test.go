@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
+	"golang.org/x/time/rate"
 
 	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
 )
@@ -643,4 +644,23 @@ func TestMinTTL(t *testing.T) {
 		}
 	}
 	e.wantNoReuse()
+}
+
+// A read of a due but served token that the pacer defers publishes a
+// snapshot that answers the next reads from memory: they take no lock,
+// read no storage and take no turn of the pacer while it is busy.
+func TestDeferredDueReadStaysOffStorage(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.b.proc.pacer = rate.NewLimiter(rate.Every(time.Hour), 1)
+	e.b.proc.pacer.Allow()        // other mounts hold the next turns
+	e.clock.Add(55 * time.Minute) // due for reads (refreshAt 50 min), valid until 59 min
+	e.readToken()
+	gets := e.storage.gets.Load()
+	for i := 0; i < 100; i++ {
+		e.readToken()
+	}
+	if n := e.storage.gets.Load() - gets; n > 1 {
+		t.Fatalf("100 reads of a valid token made %d storage reads", n)
+	}
 }

@@ -3,11 +3,14 @@ package teletracker
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
+	"sort"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
 	"golang.org/x/time/rate"
 )
 
@@ -64,5 +67,157 @@ func TestPacedCallDeferred(t *testing.T) {
 	}
 	if err := e.b.periodicFunc(context.Background(), &logical.Request{Storage: e.storage}); err != nil {
 		t.Fatalf("a deferred tick is no error for Vault to log: %v", err)
+	}
+}
+
+// slowPuts is storage whose Puts take delay, and fail when their context
+// ends first (as across the plugin's gRPC boundary).
+type slowPuts struct {
+	logical.Storage
+	delay time.Duration
+}
+
+func (s *slowPuts) Put(ctx context.Context, e *logical.StorageEntry) error {
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+// reserveOthers takes n turns of the process's pacer at the mount's
+// monotonic now, as n other mounts of the process falling due together do.
+func reserveOthers(e *testEnv, n int) {
+	for i := 0; i < n; i++ {
+		e.b.proc.pacer.ReserveN(e.clock.Mono(), 1)
+	}
+}
+
+// TestPacedRefreshResultIsStored: the pacer's wait (up to maxPaceWait) does
+// not come out of the time the marker, the call (up to request_timeout) and
+// the storing of its result need: a refresh Teletracker answers within
+// request_timeout is stored, though storage is slow.
+func TestPacedRefreshResultIsStored(t *testing.T) {
+	t.Parallel() // it waits 15 s for its turn, then 27 s for its answer, on timers
+	pacedRefresh(t, 148)
+}
+
+func pacedRefresh(t *testing.T, others int) {
+	e := newTestEnv(t)
+	seed := mustSession(t, e.fake)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed, "request_timeout": "30s"})
+	e.clock.Add(49 * time.Minute)
+	reserveOthers(e, others)                                                       // 148: this mount's turn comes in 14.8 s
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Delay: 27200 * time.Millisecond}) // answered within request_timeout
+	slow := &slowPuts{Storage: e.storage, delay: 2 * time.Second}
+	start := time.Now()
+	_ = e.b.periodicFunc(context.Background(), &logical.Request{Storage: slow})
+	t.Logf("tick took %v; Teletracker performed %d refreshes", time.Since(start), e.fake.Stats().Refreshes)
+	if st := e.fake.Stats(); st.Refreshes != 2 {
+		t.Fatalf("setup: %+v", st)
+	}
+	if r := e.stored(); r.State != stateReady || e.b.held.Load() != nil {
+		// Vault crashes before the next tick: the next node finds the marker.
+		b2 := restart(t, e)
+		e.clock.Add(time.Minute)
+		_ = b2.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+		t.Fatalf("a refresh Teletracker answered within request_timeout was not stored (stored state %q, held=%v); after a crash the next node ends in %q",
+			r.State, e.b.held.Load() != nil, e.stored().State)
+	}
+}
+
+// A read that finds its still-served token due (ticks deferred or
+// failing) does not wait for the process's pacer: it serves the token.
+func TestReadOfValidTokenDoesNotWaitForPacer(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(51 * time.Minute) // due (refresh at 50 min), valid until 59 min
+	reserveOthers(e, 100)         // other mounts' calls: the next turn is 10 s away
+	start := time.Now()
+	resp := e.readToken()
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("a read of a valid token (expires in 9 min) took %v waiting for the process pacer (warnings %v)", took, resp.Warnings)
+	}
+}
+
+// The process drops a transport (and its copy of the system roots) once no
+// mount uses its ca_cert any more.
+func TestTransportsReleasedWithTheirMounts(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	for i := 0; i < 3; i++ {
+		e.clock.Add(time.Minute)
+		e.configure(map[string]interface{}{"ca_cert": selfSignedPEM(t)})
+	}
+	e.b.Cleanup(context.Background())
+	e.b.proc.mu.Lock()
+	n := len(e.b.proc.transports)
+	e.b.proc.mu.Unlock()
+	if n > 1 {
+		t.Fatalf("%d transports kept for one mount that now uses one ca_cert (and was unmounted)", n)
+	}
+}
+
+// The pacer's turns and the spacing of sends keep the calls reaching
+// Teletracker from one process under ten a second, even when a marker's
+// slow Put delays a call past the turns that came after it.
+func TestSendsSpacedUnderTenPerSecond(t *testing.T) {
+	p := newProcess()
+	var mu sync.Mutex
+	var arrivals []time.Time
+	const slowMounts, fastMounts = 5, 9
+	envs := make([]*testEnv, slowMounts+fastMounts)
+	for i := range envs {
+		e := newTestEnv(t)
+		rec := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/auth/refresh" || r.URL.Path == "/auth/login" {
+				mu.Lock()
+				arrivals = append(arrivals, time.Now())
+				mu.Unlock()
+			}
+			e.fake.ServeHTTP(w, r)
+		}))
+		t.Cleanup(rec.Close)
+		e.configure(map[string]interface{}{"base_url": rec.URL})
+		e.b.proc, e.b.client = p, nil
+		e.clock.Add(49 * time.Minute)
+		envs[i] = e
+	}
+	mu.Lock()
+	arrivals = nil
+	mu.Unlock()
+	var wg sync.WaitGroup
+	for i, e := range envs {
+		if i == slowMounts {
+			time.Sleep(50 * time.Millisecond) // the slow ones take the first turns
+		}
+		var s logical.Storage = e.storage
+		if i < slowMounts {
+			s = &slowPuts{Storage: e.storage, delay: 500 * time.Millisecond} // a slow Raft commit
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = e.b.periodicFunc(context.Background(), &logical.Request{Storage: s})
+		}()
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	sort.Slice(arrivals, func(i, j int) bool { return arrivals[i].Before(arrivals[j]) })
+	peak := 0
+	for i := range arrivals {
+		n := 0
+		for j := i; j < len(arrivals) && arrivals[j].Sub(arrivals[i]) < time.Second; j++ {
+			n++
+		}
+		peak = max(peak, n)
+	}
+	if len(arrivals) != len(envs) {
+		t.Fatalf("setup: %d calls, want %d", len(arrivals), len(envs))
+	}
+	if peak > 10 {
+		t.Fatalf("%d calls reached Teletracker within one second, over the 10 promised", peak)
 	}
 }

@@ -4,8 +4,13 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"net/http"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/vault/sdk/helper/consts"
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
 )
 
 // timelineCase is one config and upstream the timeline must hold for.
@@ -148,6 +153,29 @@ func TestTimelineSteadyState(t *testing.T) {
 			if ticks := int(span/tickInterval) + 1; !reads && calls > ticks {
 				t.Fatalf("%v: %d calls in %d ticks", c, calls, ticks)
 			}
+		}
+	}
+}
+
+// A performance standby whose clock is 4 s behind the active node's
+// (within the 5 s the engine assumes nodes agree on) never serves a token
+// Teletracker no longer accepts, while refreshes fail on the active node.
+func TestStandbyBehindNeverServesExpiredToken(t *testing.T) {
+	active := newTestEnv(t)
+	active.configure(nil)
+	standby := newTestEnv(t, withReplicationState(consts.ReplicationPerformanceStandby))
+	standby.storage.Storage = active.storage.Storage
+	standby.b.now = func() time.Time { return active.clock.Now().Add(-serveGuard + time.Second) }
+	active.fake.Fail("/auth/refresh", -1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	for i := 0; i < 60; i++ {
+		active.clock.Add(time.Minute)
+		_ = active.tick()
+	}
+	active.clock.Add(time.Second) // 1h0m1s on the active clock: the token expired a second ago
+	resp, err := standby.request(logical.ReadOperation, "token", nil)
+	if err == nil && resp != nil && !resp.IsError() {
+		if tok := resp.Data["token"].(string); !active.fake.Live(tok) {
+			t.Fatalf("standby served a token Teletracker no longer accepts (expires_at %v, active now %v)", resp.Data["expires_at"], active.clock.Now())
 		}
 	}
 }
