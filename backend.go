@@ -1,22 +1,26 @@
-// Package teletracker is a Vault secrets engine that keeps one Teletracker
-// API session per mount alive and serves its short-lived bearer token.
+// Package teletracker is a Vault secrets engine that keeps Teletracker API
+// sessions alive, one per account of a mount, and serves their short-lived
+// bearer tokens.
 package teletracker
 
 import (
 	"context"
 	"errors"
-	"net/http"
+	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
 const (
-	// recordKey is the storage key of the mount's one record, seal-wrapped.
+	// recordKey is the storage key of the default account's record.
 	recordKey = "record"
 	// legacyConfigKey and legacySessionKey are v0.1.0's entries, read once
 	// and moved into the record.
@@ -34,6 +38,9 @@ const (
 	maxRequestTimeout = 30 * time.Second
 	// cleanTimeout bounds the last attempt to store a held record.
 	cleanTimeout = 5 * time.Second
+	// defaultTickWorkers is how many accounts a tick brings up to date at
+	// once: enough that a slow call does not hold up the turns of others.
+	defaultTickWorkers = 64
 
 	// The states status reports.
 	stateUnconfigured   = "unconfigured"
@@ -47,40 +54,43 @@ const (
 // written only by the linker.
 var Version = "v0.0.0-dev"
 
-// backend is one mount of the engine. One plugin process serves every mount
-// (plugin.ServeMultiplex), so all state lives here.
+// backend is one mount of the engine: the wiring Vault calls (paths,
+// Initialize, the tick, Invalidate, Clean) over its accounts (account.go).
+// One plugin process serves every mount (plugin.ServeMultiplex), so all
+// state lives here and in the process (process.go).
 type backend struct {
 	*framework.Backend
 
 	// now is Vault's clock; tests replace it.
 	now func() time.Time
 	// mono is a clock that never goes back (time.Now's monotonic reading),
-	// for the least time between two calls of this mount; tests replace it.
+	// for the least time between two calls of an account; tests replace it.
 	mono func() time.Time
 	// sleep waits on mono's time; tests and the simulation replace it.
 	sleep sleeper
-	// lastCall is when this process last called Teletracker for the mount,
-	// on mono; guarded by refreshMu.
-	lastCall time.Time
 	// life ends when Clean begins (end ends it): no call waits past it.
 	life context.Context
 	end  context.CancelFunc
 	// proc is what the mounts of the plugin process share (process.go).
 	proc *process
+	// id is the mount's number in its process, for the pacer's fair share.
+	id uint64
 	// storage is the mount's storage, for Clean, which gets none.
 	storage logical.Storage
 
-	// refreshMu is the one refresh lock: every call, every write, client.
-	refreshMu sync.Mutex
-	// client is the HTTP client for the config it was built from.
-	client *client
+	// defAccount is the default account: config, token, rotate, status.
+	defAccount *account
+	// accountsMu guards accounts.
+	accountsMu sync.RWMutex
+	// accounts are the named accounts this node knows, by name.
+	accounts map[string]*account
+	// sched is when a tick next has work for each account (schedule.go).
+	sched schedule
+	// tickWorkers is how many accounts a tick brings up to date at once.
+	tickWorkers int
+	// loaded says every account's record has been loaded once (loadAll).
+	loaded atomic.Bool
 
-	// held is a record storage refused, until stored; written under refreshMu.
-	held atomic.Pointer[record]
-	// snap is what reads are answered from; nil until loaded and after Invalidate.
-	snap atomic.Pointer[snapshot]
-	// epoch counts invalidations: a copy loaded before one is not published.
-	epoch atomic.Uint64
 	// metrics are the mount's Prometheus counters (metrics.go).
 	metrics *metrics
 	// tickedAt is when the mount's last tick came (Vault's clock, Unix
@@ -90,21 +100,24 @@ type backend struct {
 
 // newBackend is one mount of the engine in process p.
 func newBackend(p *process) *backend {
-	b := &backend{now: time.Now, mono: time.Now, sleep: sleep, proc: p, metrics: newMetrics()}
+	b := &backend{now: time.Now, mono: time.Now, sleep: sleep, proc: p, id: p.mounts.Add(1),
+		accounts: map[string]*account{}, tickWorkers: defaultTickWorkers, metrics: newMetrics()}
+	b.defAccount = newAccount(b, "")
 	b.life, b.end = context.WithCancel(context.Background())
+	var paths []*framework.Path
+	paths = append(paths, pathAccounts(b)) // before accounts/<name>, which "accounts/" matches too
+	paths = append(paths, pathConfig(b)...)
+	paths = append(paths, pathToken(b)...)
+	paths = append(paths, pathRotate(b)...)
+	paths = append(paths, pathStatus(b)...)
+	paths = append(paths, pathMetrics(b))
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			SealWrapStorage: []string{recordKey, legacyConfigKey, legacySessionKey},
+			SealWrapStorage: []string{recordKey, legacyConfigKey, legacySessionKey, accountsPrefix},
 		},
-		Paths: []*framework.Path{
-			pathConfig(b),
-			pathToken(b),
-			pathRotate(b),
-			pathStatus(b),
-			pathMetrics(b),
-		},
+		Paths:          paths,
 		InitializeFunc: b.initialize,
 		PeriodicFunc:   b.periodicFunc,
 		Invalidate:     b.invalidate,
@@ -118,43 +131,57 @@ func newBackend(p *process) *backend {
 // work (routing, field validation, a call back to Vault for the replication
 // state), about a fifth of the plugin's CPU per read: see BENCHMARKS.md.
 func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
-	if req.Operation == logical.ReadOperation && req.Path == "token" {
+	if req.Operation == logical.ReadOperation && (req.Path == "token" || strings.HasPrefix(req.Path, "token/")) {
 		return b.pathTokenRead(ctx, req, nil)
 	}
 	return b.Backend.HandleRequest(ctx, req)
 }
 
-// initialize loads (and moves from v0.1.0) the record on a node that may
-// write, and publishes it. It calls no one, so unseal never waits on
+// initialize loads (and moves from v0.1.0) every account's record on a node
+// that may write, and publishes it: the one full pass, after which ticks
+// look only at what is due. It calls no one, so unseal never waits on
 // Teletracker: a refresh left in flight is resolved by a later tick.
 func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	r, err := b.apply(ctx, req.Storage, trigger{kind: triggerTune}, nil)
-	if r.configured() && r.State == stateInFlight {
-		b.Logger().Warn("found a refresh whose result was never stored; it is resolved once its call has surely ended",
-			"sent_at", r.InFlightAt.UTC().Format(time.RFC3339), "generation", r.Generation)
-	}
-	if errors.Is(err, errNotConfigured) {
-		return nil
-	}
-	return err
+	return b.loadAll(ctx, req.Storage)
 }
 
-// periodicFunc runs on Vault's tick and refreshes ahead of need. Nothing is
-// called or written where storage is not writable (standbys, performance
-// secondaries): spend checks the replication state before any call, not
-// every tick (it is a round trip to Vault per mount). What a tick could not
-// do is logged and shown by status; only a storage failure is returned.
-func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error {
-	defer b.proc.releaseMemory(b.mono())
-	b.tickedAt.Store(b.now().UnixNano())
-	_, err := b.apply(ctx, req.Storage, trigger{kind: triggerTick}, nil)
-	if succeeded(err) || errors.Is(err, logical.ErrReadOnly) || statusCode(triggerTick, err) != http.StatusInternalServerError {
-		return nil
+// loadAll loads and publishes every account's record: the full pass, made
+// by Initialize, or by the first tick on a node that could not write then.
+func (b *backend) loadAll(ctx context.Context, storage logical.Storage) error {
+	names, err := storage.List(ctx, accountsPrefix)
+	if err != nil {
+		return fmt.Errorf("listing the accounts: %w", err)
 	}
-	return err
+	var errs []error
+	for _, a := range append([]*account{b.def()}, b.named(names)...) {
+		r, err := a.apply(ctx, storage, trigger{kind: triggerTune}, nil)
+		if r.configured() && r.State == stateInFlight {
+			a.log().Warn("found a refresh whose result was never stored; it is resolved once its call has surely ended",
+				"sent_at", r.InFlightAt.UTC().Format(time.RFC3339), "generation", r.Generation)
+		}
+		if !errors.Is(err, errNotConfigured) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	b.loaded.Store(true)
+	return nil
+}
+
+// named is the accounts of the names stored under accountsPrefix.
+func (b *backend) named(names []string) []*account {
+	var accounts []*account
+	for _, name := range names {
+		if checkAccountName(name) == nil {
+			accounts = append(accounts, b.account(name))
+		}
+	}
+	return accounts
 }
 
 // lastTick is when the mount's last tick came; zero before the first.
@@ -165,64 +192,71 @@ func (b *backend) lastTick() time.Time {
 	return time.Time{}
 }
 
-// invalidate drops the snapshot when the record changes in storage under
-// this node (replication, or another node's write).
+// invalidate drops an account's snapshot when its record changes in
+// storage under this node (replication, or another node's write): that
+// account's alone. The next tick looks at it again.
 func (b *backend) invalidate(_ context.Context, key string) {
-	switch key {
-	case recordKey, legacyConfigKey, legacySessionKey:
-		b.epoch.Add(1)
-		b.snap.Store(nil)
+	var a *account
+	switch {
+	case key == recordKey, key == legacyConfigKey, key == legacySessionKey:
+		a = b.def()
+	case strings.HasPrefix(key, accountsPrefix) && checkAccountName(strings.TrimPrefix(key, accountsPrefix)) == nil:
+		a = b.account(strings.TrimPrefix(key, accountsPrefix))
+	default:
+		return
 	}
+	a.epoch.Add(1)
+	a.snap.Store(nil)
+	b.sched.set(a, b.now())
 }
 
 // clean runs when the mount goes away (unmount, plugin reload, step-down,
-// shutdown). It waits for a call under way to store its result, makes a
-// last attempt to store a held record, and drops the HTTP client.
+// shutdown). It waits for the calls under way to store their results and
+// makes a last attempt to store each held record.
 func (b *backend) clean(ctx context.Context) {
 	b.end() // a call still waiting for its turn is not sent
-	b.refreshMu.Lock()
-	defer b.refreshMu.Unlock()
-	if h := b.held.Load(); h != nil && b.storage != nil {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanTimeout)
-		defer cancel()
-		if _, err := b.store(ctx, b.storage, h); err != nil {
-			b.Logger().Error("a held record was lost with the mount: it could not be stored", "error", err, "generation", h.Generation)
-		}
-	}
-	if b.client != nil {
-		b.proc.release(b.client.caPEM)
-		b.client = nil
+	b.accountsMu.RLock()
+	accounts := append([]*account{b.def()}, slices.Collect(maps.Values(b.accounts))...)
+	b.accountsMu.RUnlock()
+	for _, a := range accounts {
+		a.clean(ctx)
 	}
 }
 
-// clientFor returns the HTTP client for cfg, building a new one when the
-// parts of the config it depends on changed. The caller holds refreshMu.
-func (b *backend) clientFor(cfg *config) (*client, error) {
-	if b.client != nil && b.client.serves(cfg) {
-		return b.client, nil
-	}
-	var t http.RoundTripper = b.proc.roundTripper
-	if t == nil {
-		shared, err := b.proc.transport(cfg.CACert)
-		if err != nil {
-			return nil, err
+// clean waits for a's call under way, if any, and makes a last attempt to
+// store its held record.
+func (a *account) clean(ctx context.Context) {
+	a.refreshMu.Lock()
+	defer a.refreshMu.Unlock()
+	a.m.proc.addNeed(a.m, -a.need)
+	a.need = 0
+	if h := a.held.Load(); h != nil && a.m.storage != nil {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanTimeout)
+		defer cancel()
+		if _, err := a.store(ctx, a.m.storage, h); err != nil {
+			a.log().Error("a held record was lost with the mount: it could not be stored", "error", err, "generation", h.Generation)
 		}
-		t = shared
 	}
-	if b.client != nil {
-		b.proc.release(b.client.caPEM)
+}
+
+// log is the mount's logger, naming the account.
+func (a *account) log() hclog.Logger {
+	if a.name == "" {
+		return a.m.Logger()
 	}
-	b.client = newClient(cfg, t, b.now)
-	return b.client, nil
+	return a.m.Logger().With("account", a.name)
 }
 
 const backendHelp = `
-The Teletracker secrets engine keeps one Teletracker API session alive per
-mount and serves its short-lived bearer token.
+The Teletracker secrets engine keeps Teletracker API sessions alive and
+serves their short-lived bearer tokens: the mount's default account, and any
+number of named ones.
 
-Configure it once with a username and password (or an existing refresh token)
-at "config". Apps then read "token". The engine refreshes the session on
-Vault's periodic tick, before the token expires, under one lock, so a
-single-use refresh token is never sent twice. "rotate" forces a refresh and
-"status" reports the session's health.
+Configure the default account once with a username and password (or an
+existing refresh token) at "config". Apps then read "token". The engine
+refreshes the session on Vault's periodic tick, before the token expires,
+under the account's lock, so a single-use refresh token is never sent twice.
+"rotate" forces a refresh and "status" reports the session's health. Named
+accounts have the same at "accounts/<name>", "token/<name>",
+"rotate/<name>" and "status/<name>"; LIST "accounts/" shows them all.
 `

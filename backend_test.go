@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"net/http/httptest"
+	"os"
 	"reflect"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,7 +19,6 @@ import (
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/helper/testhelpers/schema"
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/time/rate"
 
 	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
 )
@@ -139,7 +140,10 @@ func (s *syncBuffer) String() string {
 }
 
 // testEnv is a backend wired to a fake Teletracker, an injected clock,
-// in-memory storage that can fail, and a captured log.
+// in-memory storage that can fail, and a captured log. Its requests go to
+// the account named by TELETRACKER_TEST_ACCOUNT (the default one when it
+// is empty): make unit runs every test for both, so that each promise
+// held for the default account is held for a named one.
 type testEnv struct {
 	t       testing.TB
 	b       *backend
@@ -149,6 +153,37 @@ type testEnv struct {
 	url     string
 	logs    *syncBuffer
 	sys     *logical.StaticSystemView
+	// name is the account the requests go to; "" for the default.
+	name string
+}
+
+// testAccount is the account tests run against (see testEnv).
+var testAccount = os.Getenv("TELETRACKER_TEST_ACCOUNT")
+
+// a is the account the test runs against.
+func (e *testEnv) a() *account {
+	return e.b.account(e.name)
+}
+
+// path is the path of the test's account for the default account's path p.
+func (e *testEnv) path(p string) string {
+	if e.name == "" {
+		return p
+	}
+	switch p {
+	case "config":
+		return accountsPrefix + e.name
+	case "token", "rotate", "status":
+		return p + "/" + e.name
+	}
+	return p
+}
+
+// defaultOnly skips a test of what only the default account has.
+func (e *testEnv) defaultOnly() {
+	if e.name != "" {
+		e.t.Skip("the default account's alone")
+	}
 }
 
 // envOption changes a testEnv before its backend is set up.
@@ -182,14 +217,14 @@ func newTestEnv(t testing.TB, opts ...envOption) *testEnv {
 	storage := &faultyStorage{Storage: &logical.InmemStorage{}}
 	conf.StorageView = storage
 
-	b := newBackend(newProcess())
+	b := newBackend(newProcess(DefaultCallsPerSecond))
 	b.now, b.mono = clock.Now, clock.Mono
 	b.storage = storage
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Cleanup(context.Background()) })
-	e := &testEnv{t: t, b: b, storage: storage, clock: clock, fake: fake, url: srv.URL, logs: logs, sys: sys}
+	e := &testEnv{t: t, b: b, storage: storage, clock: clock, fake: fake, url: srv.URL, logs: logs, sys: sys, name: testAccount}
 	t.Cleanup(e.checkNoSecretsLogged)
 	return e
 }
@@ -198,6 +233,7 @@ func newTestEnv(t testing.TB, opts ...envOption) *testEnv {
 // answers, validates them against the path's declared response schema.
 func (e *testEnv) request(op logical.Operation, path string, data map[string]interface{}) (*logical.Response, error) {
 	e.t.Helper()
+	path = e.path(path)
 	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
 		Operation: op,
 		Path:      path,
@@ -213,7 +249,7 @@ func (e *testEnv) request(op logical.Operation, path string, data map[string]int
 // responseSchema finds the declared 200 (or 204) response of path and op.
 func (e *testEnv) responseSchema(t *testing.T, path string, op logical.Operation) *framework.Response {
 	for _, p := range e.b.Paths {
-		if strings.Trim(p.Pattern, "^$") == path {
+		if regexp.MustCompile("^" + p.Pattern + "$").MatchString(path) {
 			return schema.GetResponseSchema(t, p, op)
 		}
 	}
@@ -265,7 +301,7 @@ func (e *testEnv) status() map[string]interface{} {
 // stored is the record as stored.
 func (e *testEnv) stored() *record {
 	e.t.Helper()
-	r, err := getEntry[record](context.Background(), e.storage.Storage, recordKey)
+	r, err := getEntry[record](context.Background(), e.storage.Storage, accountKey(e.name))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -275,7 +311,7 @@ func (e *testEnv) stored() *record {
 // store replaces the stored record with r.
 func (e *testEnv) store(r *record) {
 	e.t.Helper()
-	if err := putRecord(context.Background(), e.storage.Storage, r); err != nil {
+	if err := putRecord(context.Background(), e.storage.Storage, accountKey(e.name), r); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -332,14 +368,14 @@ func (e *testEnv) checkNoSecretsLogged() {
 func TestFactory(t *testing.T) {
 	conf := logical.TestBackendConfig()
 	conf.StorageView = &logical.InmemStorage{}
-	b, err := NewFactory()(context.Background(), conf)
+	b, err := NewFactory(DefaultCallsPerSecond)(context.Background(), conf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if b.Type() != logical.TypeLogical {
 		t.Fatalf("type %v", b.Type())
 	}
-	want := []string{recordKey, legacyConfigKey, legacySessionKey}
+	want := []string{recordKey, legacyConfigKey, legacySessionKey, accountsPrefix}
 	if got := b.SpecialPaths().SealWrapStorage; !reflect.DeepEqual(got, want) {
 		t.Fatalf("seal-wrapped storage %v, want %v", got, want)
 	}
@@ -374,14 +410,14 @@ func TestPublishAfterInvalidateDropsCopy(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	r := e.stored()
-	epoch := e.b.epoch.Load()
+	epoch := e.a().epoch.Load()
 	e.b.invalidate(context.Background(), recordKey)
-	e.b.publish(epoch, r)
-	if e.b.snap.Load() != nil {
+	e.a().publish(epoch, r)
+	if e.a().snap.Load() != nil {
 		t.Fatal("a copy loaded before Invalidate was published after it")
 	}
-	e.b.publish(e.b.epoch.Load(), r)
-	if e.b.snap.Load() == nil {
+	e.a().publish(e.a().epoch.Load(), r)
+	if e.a().snap.Load() == nil {
 		t.Fatal("a current copy was dropped")
 	}
 }
@@ -390,17 +426,17 @@ func TestInvalidateDropsServedCopy(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	e.readToken()
-	if e.b.snap.Load() == nil {
+	if e.a().snap.Load() == nil {
 		t.Fatal("a read should leave a snapshot")
 	}
 	e.b.invalidate(context.Background(), "unrelated")
-	if e.b.snap.Load() == nil {
+	if e.a().snap.Load() == nil {
 		t.Fatal("an unrelated key dropped the snapshot")
 	}
 	for _, key := range []string{recordKey, legacyConfigKey, legacySessionKey} {
 		e.readToken()
 		e.b.invalidate(context.Background(), key)
-		if e.b.snap.Load() != nil {
+		if e.a().snap.Load() != nil {
 			t.Fatalf("invalidating %s kept the snapshot", key)
 		}
 	}
@@ -512,7 +548,7 @@ func TestCleanStoresHeldRecord(t *testing.T) {
 	e.storage.skipPuts.Store(1) // the marker is stored, the result is not
 	e.storage.failPuts.Store(-1)
 	_ = e.tick()
-	held := e.b.held.Load()
+	held := e.a().held.Load()
 	if held == nil || e.stored().State != stateInFlight {
 		t.Fatal("setup: no record held over a stored marker")
 	}
@@ -582,15 +618,15 @@ func TestNoCallAfterClean(t *testing.T) {
 	before := e.fake.Stats()
 	e.clock.Add(49 * time.Minute) // due at this tick
 	e.b.clean(context.Background())
-	if n := len(e.b.proc.transports); n != 0 {
-		t.Fatalf("setup: %d transports after Clean", n)
+	if n := transportsInUse(e.b.proc); n != 0 {
+		t.Fatalf("setup: %d transports in use after Clean", n)
 	}
 	_ = e.tick()
 	st := e.fake.Stats()
 	if n := st.LoginCalls + st.RefreshCalls - before.LoginCalls - before.RefreshCalls; n != 0 {
 		t.Errorf("%d call(s) to Teletracker after Clean", n)
 	}
-	if n := len(e.b.proc.transports); n != 0 {
+	if n := transportsInUse(e.b.proc); n != 0 {
 		t.Errorf("%d transport(s) taken after Clean, never released", n)
 	}
 }
@@ -606,8 +642,8 @@ func TestCleanedBackendRacesItsSuccessor(t *testing.T) {
 	old.clean(context.Background())
 	b2 := restart(t, e)
 	t.Cleanup(func() { b2.Cleanup(context.Background()) })
-	b2.proc.pacer = rate.NewLimiter(rate.Every(500*time.Millisecond), 1)
-	b2.proc.pacer.Allow() // another mount of the new process took the turn
+	b2.proc.pacer = newPacer(1 / (500 * time.Millisecond).Seconds())
+	holdTurns(b2.proc.pacer, b2.mono(), 1) // another mount of the new process took the turn
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

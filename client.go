@@ -111,8 +111,6 @@ type client struct {
 	http *http.Client
 	// now is Vault's clock, for an HTTP-date Retry-After.
 	now func() time.Time
-	// caPEM is the ca_cert of the process's transport it uses.
-	caPEM string
 }
 
 // newClient is a client for cfg over transport (the process's, for cfg's
@@ -128,14 +126,8 @@ func newClient(cfg *config, transport http.RoundTripper, now func() time.Time) *
 				return http.ErrUseLastResponse
 			},
 		},
-		now:   now,
-		caPEM: cfg.CACert,
+		now: now,
 	}
-}
-
-// serves reports whether c is what newClient builds for cfg.
-func (c *client) serves(cfg *config) bool {
-	return c.baseURL == strings.TrimRight(cfg.BaseURL, "/") && c.http.Timeout == cfg.RequestTimeout && c.caPEM == cfg.CACert
 }
 
 // certPool is the system roots plus caPEM's certificates (nil for none: TLS

@@ -116,7 +116,7 @@ func TestParseResponseAny2xxIsProcessed(t *testing.T) {
 // testClient is a client for url with a 2 s timeout.
 func testClient(t *testing.T, url string) *client {
 	t.Helper()
-	tr, err := newProcess().transport("")
+	tr, err := newProcess(DefaultCallsPerSecond).transport("")
 	if err != nil {
 		t.Fatal(err)
 	}

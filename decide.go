@@ -146,7 +146,8 @@ func decide(r *record, now time.Time, t trigger) action {
 // wants reports whether t wants a new token for r at now: an operator one
 // obtained since asking, a read one once the token is due (or has less
 // left than its min_ttl), a tick one from replaceFrom, from renewFrom, or
-// while anything failed or is unresolved.
+// while anything failed, is unresolved or is held unsaved (the tick stores
+// it first).
 func (r *record) wants(tl *timeline, now time.Time, t trigger) bool {
 	switch {
 	case t.kind == triggerTune:
@@ -158,7 +159,7 @@ func (r *record) wants(tl *timeline, now time.Time, t trigger) bool {
 	case t.kind == triggerRead:
 		return !now.Before(tl.due) || !tl.lasts(now, t.minTTL)
 	}
-	return r.State != stateReady || r.Failures > 0 || !now.Before(tl.replaceFrom) ||
+	return r.State != stateReady || r.Failures > 0 || r.unsaved || !now.Before(tl.replaceFrom) ||
 		(!tl.renewFrom.IsZero() && !now.Before(tl.renewFrom))
 }
 

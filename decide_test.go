@@ -11,7 +11,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
-	"golang.org/x/time/rate"
 )
 
 // TestDecide is the table of when Teletracker is called: every state of the
@@ -349,12 +348,12 @@ func TestFlappingClockMakesNoStorm(t *testing.T) {
 func TestReadRetryNeverOutlivesService(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
-	e.b.proc.pacer = rate.NewLimiter(rate.Every(time.Hour), 1)
-	e.b.proc.pacer.Allow()                             // other mounts hold the next turns
-	e.clock.Add(59*time.Minute - 500*time.Millisecond) // due, valid for 0.5 s more
-	e.readToken()                                      // deferred: valid, no wait
-	e.b.proc.pacer = rate.NewLimiter(maxCallRate, 1)   // turns free again
-	e.clock.Add(600 * time.Millisecond)                // no longer valid
+	e.b.proc.pacer = newPacer(1 / (time.Hour).Seconds())
+	holdTurns(e.b.proc.pacer, e.clock.Mono(), 1)                 // other mounts hold the next turns
+	e.clock.Add(59*time.Minute - 500*time.Millisecond)           // due, valid for 0.5 s more
+	e.readToken()                                                // deferred: valid, no wait
+	e.b.proc.pacer = newPacer(DefaultCallsPerSecond * turnShare) // turns free again
+	e.clock.Add(600 * time.Millisecond)                          // no longer valid
 	before := e.fake.Stats()
 	resp, err := e.request(logical.ReadOperation, "token", nil)
 	st := e.fake.Stats()

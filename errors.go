@@ -110,6 +110,15 @@ func respond(t triggerKind, err error) (*logical.Response, error) {
 	return nil, logical.CodedError(code, msg)
 }
 
+// respondIfErr is respond for err, or nothing (a 404 for a read) when err
+// is nil.
+func respondIfErr(t triggerKind, err error) (*logical.Response, error) {
+	if err == nil {
+		return nil, nil
+	}
+	return respond(t, err)
+}
+
 // invalid is a caller's mistake, as an error.
 func invalid(format string, args ...any) error {
 	return &inputError{fmt.Errorf(format, args...)}

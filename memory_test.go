@@ -58,7 +58,7 @@ func TestReleaseMemoryOncePerTick(t *testing.T) {
 		}
 		runtime.KeepAlive(junk)
 	}
-	p, t0 := newProcess(), testStart
+	p, t0 := newProcess(DefaultCallsPerSecond), testStart
 	for _, tc := range []struct {
 		at      time.Duration
 		collect bool

@@ -10,9 +10,13 @@ import (
 )
 
 // metrics.go holds a mount's Prometheus metrics: counters and a histogram
-// kept as calls and reads happen, and gauges read from the record when the
-// metrics path is scraped. One plugin process serves every mount, so each
-// mount has a registry of its own; no label comes from user input.
+// kept as calls and reads happen (all its accounts together), and gauges
+// read from the records when the metrics path is scraped: the default
+// account's, named accounts counted by state, and a series per named
+// account only while it needs attention, so that a scrape of a mount with
+// 10,000 healthy accounts is about as large as one with one. One plugin
+// process serves every mount, so each mount has a registry of its own; the
+// only label from user input is a validated account name.
 
 // outcomes are the values of a call counter's outcome label: see outcome.
 var outcomes = []string{"success", "rejected", "failed", "unknown"}
@@ -80,11 +84,11 @@ func outcome(err error) string {
 	return "failed"
 }
 
-// expose is m, with r's gauges as of now, in the Prometheus text format,
-// and its content type.
-func (m *metrics) expose(r *record, now time.Time) ([]byte, string, error) {
+// expose is m, with the gauges of the mount at now (metrics.go's
+// mountGauges), in the Prometheus text format, and its content type.
+func (m *metrics) expose(g mountGauges) ([]byte, string, error) {
 	gauges := prometheus.NewRegistry()
-	gauges.MustRegister(recordGauges{r: r, now: now})
+	gauges.MustRegister(g)
 	families, err := prometheus.Gatherers{m.registry, gauges}.Gather()
 	if err != nil {
 		return nil, "", err
@@ -103,40 +107,54 @@ func (m *metrics) expose(r *record, now time.Time) ([]byte, string, error) {
 // The gauges' descriptions.
 var (
 	stateDesc = prometheus.NewDesc("teletracker_state",
-		"1 for the mount's state as status reports it (unconfigured, healthy, degraded, reauth_required), 0 for the others.", []string{"state"}, nil)
+		"1 for the default account's state as status reports it (unconfigured, healthy, degraded, reauth_required), 0 for the others.", []string{"state"}, nil)
 	tokenExpiresDesc = prometheus.NewDesc("teletracker_token_expires_in_seconds",
-		"Seconds until the bearer token expires (negative once it has); absent when none is held.", nil, nil)
+		"Seconds until the default account's bearer token expires (negative once it has); absent when none is held.", nil, nil)
 	refreshExpiresDesc = prometheus.NewDesc("teletracker_refresh_token_expires_in_seconds",
-		"Seconds until the refresh token expires; absent when unknown.", nil, nil)
+		"Seconds until the default account's refresh token expires; absent when unknown.", nil, nil)
 	failuresDesc = prometheus.NewDesc("teletracker_consecutive_failures",
-		"Failed attempts since the last success.", nil, nil)
+		"The default account's failed attempts since the last success.", nil, nil)
 	lastRotationDesc = prometheus.NewDesc("teletracker_last_rotation_timestamp_seconds",
-		"When the bearer token held was obtained (Unix time); absent when none is held.", nil, nil)
+		"When the default account's bearer token was obtained (Unix time); absent when none is held.", nil, nil)
+	accountsDesc = prometheus.NewDesc("teletracker_accounts",
+		"Named accounts of the mount by state (healthy, degraded, reauth_required).", []string{"state"}, nil)
+	accountStateDesc = prometheus.NewDesc("teletracker_account_state",
+		"1 for each named account that needs attention (degraded or reauth_required), with its state; absent for healthy ones.", []string{"account", "state"}, nil)
+	accountExpiresDesc = prometheus.NewDesc("teletracker_account_token_expires_in_seconds",
+		"Seconds until the bearer token of a named account that needs attention expires; absent for healthy ones.", []string{"account"}, nil)
+	accountFailuresDesc = prometheus.NewDesc("teletracker_account_consecutive_failures",
+		"Failed attempts since the last success of a named account that needs attention; absent for healthy ones.", []string{"account"}, nil)
+	neededDesc = prometheus.NewDesc("teletracker_calls_needed_per_second",
+		"Calls a second all accounts of the plugin process need to keep their sessions, one a rotation.", nil, nil)
+	budgetDesc = prometheus.NewDesc("teletracker_call_budget_per_second",
+		"Calls a second the plugin process's turns give (-calls-per-second less a tenth).", nil, nil)
 )
 
-// recordGauges reports one record's gauges as of now.
-type recordGauges struct {
-	r   *record
-	now time.Time
+// accountStates are the states a named account is counted in.
+var accountStates = []string{stateHealthy, stateDegraded, stateReauthRequired}
+
+// mountGauges reports a mount's gauges as of now: its default account's
+// record, its named accounts' (by name), and the process's capacity.
+type mountGauges struct {
+	def            *record
+	named          map[string]*record
+	now            time.Time
+	needed, budget float64
 }
 
-func (g recordGauges) Describe(ch chan<- *prometheus.Desc) {
+func (g mountGauges) Describe(ch chan<- *prometheus.Desc) {
 	prometheus.DescribeByCollect(g, ch)
 }
 
-func (g recordGauges) Collect(ch chan<- prometheus.Metric) {
-	state, r := stateUnconfigured, g.r
+func (g mountGauges) Collect(ch chan<- prometheus.Metric) {
+	state, r := stateUnconfigured, g.def
 	if r.configured() {
 		state = r.health(g.now)
 	} else {
 		r = &record{}
 	}
 	for _, s := range []string{stateUnconfigured, stateHealthy, stateDegraded, stateReauthRequired} {
-		v := 0.0
-		if s == state {
-			v = 1
-		}
-		ch <- prometheus.MustNewConstMetric(stateDesc, prometheus.GaugeValue, v, s)
+		ch <- prometheus.MustNewConstMetric(stateDesc, prometheus.GaugeValue, oneIf(s == state), s)
 	}
 	if tl := r.timeline(); tl.held {
 		ch <- prometheus.MustNewConstMetric(tokenExpiresDesc, prometheus.GaugeValue, tl.expires.Sub(g.now).Seconds())
@@ -146,4 +164,32 @@ func (g recordGauges) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(refreshExpiresDesc, prometheus.GaugeValue, r.RefreshTokenExpiresAt.Sub(g.now).Seconds())
 	}
 	ch <- prometheus.MustNewConstMetric(failuresDesc, prometheus.GaugeValue, float64(r.Failures))
+
+	counts := map[string]float64{}
+	for name, r := range g.named {
+		state := r.health(g.now)
+		counts[state]++
+		if state == stateHealthy {
+			continue
+		}
+		// Validated account names are the one label from user input.
+		ch <- prometheus.MustNewConstMetric(accountStateDesc, prometheus.GaugeValue, 1, name, state)
+		ch <- prometheus.MustNewConstMetric(accountFailuresDesc, prometheus.GaugeValue, float64(r.Failures), name)
+		if tl := r.timeline(); tl.held {
+			ch <- prometheus.MustNewConstMetric(accountExpiresDesc, prometheus.GaugeValue, tl.expires.Sub(g.now).Seconds(), name)
+		}
+	}
+	for _, s := range accountStates {
+		ch <- prometheus.MustNewConstMetric(accountsDesc, prometheus.GaugeValue, counts[s], s)
+	}
+	ch <- prometheus.MustNewConstMetric(neededDesc, prometheus.GaugeValue, g.needed)
+	ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, g.budget)
+}
+
+// oneIf is 1 for true, 0 for false.
+func oneIf(v bool) float64 {
+	if v {
+		return 1
+	}
+	return 0
 }

@@ -2,6 +2,7 @@ package teletracker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -31,13 +32,23 @@ func (c *config) identity() string {
 	return fmt.Sprintf("%s %q %d", c.BaseURL, c.Username, c.AccountID)
 }
 
-func pathConfig(b *backend) *framework.Path {
+// pathConfig is the config of the default account, at config, and of the
+// named ones, at accounts/<name>: one set of handlers for both.
+func pathConfig(b *backend) []*framework.Path {
+	return []*framework.Path{
+		b.configPath("config", "configuration", configFields, pathConfigHelpSyn, pathConfigHelpDesc),
+		b.configPath("accounts/"+framework.MatchAllRegex("name"), "account", accountFields, pathAccountHelpSyn, pathAccountHelpDesc),
+	}
+}
+
+// configPath is the config route at pattern; suffix names its operations.
+func (b *backend) configPath(pattern, suffix string, fields map[string]*framework.FieldSchema, syn, desc string) *framework.Path {
 	return &framework.Path{
-		Pattern: "config",
+		Pattern: pattern,
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefix,
 		},
-		Fields:         configFields,
+		Fields:         fields,
 		ExistenceCheck: b.pathConfigExistenceCheck,
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
@@ -45,7 +56,7 @@ func pathConfig(b *backend) *framework.Path {
 				Summary:  "Read the configuration, without secrets.",
 				DisplayAttrs: &framework.DisplayAttributes{
 					OperationVerb:   "read",
-					OperationSuffix: "configuration",
+					OperationSuffix: suffix,
 				},
 				Responses: map[int][]framework.Response{
 					http.StatusOK: {{
@@ -54,14 +65,14 @@ func pathConfig(b *backend) *framework.Path {
 					}},
 				},
 			},
-			logical.CreateOperation: b.configWriteOperation(),
-			logical.UpdateOperation: b.configWriteOperation(),
+			logical.CreateOperation: b.configWriteOperation(suffix),
+			logical.UpdateOperation: b.configWriteOperation(suffix),
 			logical.DeleteOperation: &framework.PathOperation{
 				Callback: b.pathConfigDelete,
 				Summary:  "Delete the configuration and the session.",
 				DisplayAttrs: &framework.DisplayAttributes{
 					OperationVerb:   "delete",
-					OperationSuffix: "configuration",
+					OperationSuffix: suffix,
 				},
 				Responses: map[int][]framework.Response{
 					http.StatusNoContent: {{Description: "No Content"}},
@@ -70,8 +81,8 @@ func pathConfig(b *backend) *framework.Path {
 				ForwardPerformanceSecondary: true,
 			},
 		},
-		HelpSynopsis:    pathConfigHelpSyn,
-		HelpDescription: pathConfigHelpDesc,
+		HelpSynopsis:    syn,
+		HelpDescription: desc,
 	}
 }
 
@@ -116,12 +127,13 @@ var configFields = map[string]*framework.FieldSchema{
 	},
 }
 
-func (b *backend) configWriteOperation() *framework.PathOperation {
+func (b *backend) configWriteOperation(suffix string) *framework.PathOperation {
 	return &framework.PathOperation{
 		Callback: b.pathConfigWrite,
 		Summary:  "Configure the Teletracker account and establish its session.",
 		DisplayAttrs: &framework.DisplayAttributes{
-			OperationVerb: "configure",
+			OperationVerb:   "configure",
+			OperationSuffix: suffix,
 		},
 		Responses: map[int][]framework.Response{
 			http.StatusNoContent: {{Description: "No Content"}},
@@ -142,13 +154,61 @@ var configResponseFields = map[string]*framework.FieldSchema{
 	"password_set":    {Type: framework.TypeBool, Required: true},
 }
 
+// nameField is the account name in the paths of named accounts.
+var nameField = &framework.FieldSchema{
+	Type:        framework.TypeString,
+	Description: "The account's name: 1 to 64 characters of a-z, 0-9, - and _, starting with a letter or digit.",
+	Required:    true,
+}
+
+// accountFields are the fields of accounts/<name>: config's and the name.
+var accountFields = withName(configFields)
+
+// withName is fields and the name field.
+func withName(fields map[string]*framework.FieldSchema) map[string]*framework.FieldSchema {
+	m := map[string]*framework.FieldSchema{"name": nameField}
+	for k, v := range fields {
+		m[k] = v
+	}
+	return m
+}
+
+// configAccount is the account a config request is for, nil when it names
+// one that has no config; create says to make it in memory if need be (a
+// write).
+func (b *backend) configAccount(ctx context.Context, req *logical.Request, create bool) (*account, error) {
+	if req.Path == "config" {
+		return b.def(), nil
+	}
+	name, err := nameIn(req.Path, "accounts")
+	switch {
+	case err != nil:
+		return nil, err
+	case create:
+		return b.account(name), nil
+	}
+	return b.existing(ctx, req.Storage, name)
+}
+
 func (b *backend) pathConfigExistenceCheck(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
-	r, err := b.peekRecord(ctx, req.Storage)
+	a, err := b.configAccount(ctx, req, false)
+	var in *inputError
+	switch {
+	case errors.As(err, &in):
+		return false, nil // a bad name is the write's to refuse
+	case err != nil || a == nil:
+		return false, err
+	}
+	r, err := a.peekRecord(ctx, req.Storage)
 	return r.configured(), err
 }
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	r, err := b.peekRecord(ctx, req.Storage)
+	a, err := b.configAccount(ctx, req, false)
+	if err != nil || a == nil {
+		return respondIfErr(triggerTune, err)
+	}
+	r, err := a.peekRecord(ctx, req.Storage)
 	if err != nil || !r.configured() {
 		return nil, err
 	}
@@ -168,9 +228,13 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 // one spend path. A write with a credential establishes the new session
 // first, all or nothing, whatever its caller does once it is sent.
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	a, err := b.configAccount(ctx, req, true)
+	if err != nil {
+		return respond(triggerTune, err)
+	}
 	asked := b.now()
 	t := trigger{kind: triggerTune}
-	_, err := b.apply(ctx, req.Storage, t, func(prev *record) (*record, trigger, error) {
+	_, err = a.apply(ctx, req.Storage, t, func(prev *record) (*record, trigger, error) {
 		next, credential, err := parseConfigWrite(prev, d)
 		if credential {
 			t = trigger{kind: triggerCredential, at: asked}
@@ -180,7 +244,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if !succeeded(err) {
 		return respond(t.kind, err)
 	}
-	b.Logger().Info("config written", "credential", t.kind == triggerCredential)
+	a.log().Info("config written", "credential", t.kind == triggerCredential)
 	if err != nil {
 		return &logical.Response{Warnings: []string{err.Error()}}, nil
 	}
@@ -189,15 +253,21 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 
 // pathConfigDelete removes the config and the session, through the one
 // spend path like any write. The waits set by past calls stay, alone in the
-// record, so that deleting and writing again in a loop cannot make a storm.
+// record (in memory for a named account), so that deleting and writing
+// again in a loop cannot make a storm. Teletracker has no call to end a
+// session: the bearer token stays valid until it expires.
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	a, err := b.configAccount(ctx, req, false)
+	if err != nil || a == nil {
+		return respondIfErr(triggerTune, err)
+	}
 	t := trigger{kind: triggerTune}
-	if _, err := b.apply(ctx, req.Storage, t, func(prev *record) (*record, trigger, error) {
+	if _, err := a.apply(ctx, req.Storage, t, func(prev *record) (*record, trigger, error) {
 		return prev.waitsOnly(), t, nil
 	}); err != nil {
 		return respond(t.kind, err)
 	}
-	b.Logger().Info("config and session deleted")
+	a.log().Info("config and session deleted")
 	return nil, nil
 }
 
@@ -330,4 +400,22 @@ account.
 
 password and refresh_token are never returned; a read shows password_set.
 Deleting the config also deletes the session.
+`
+
+const pathAccountHelpSyn = `Configure a named Teletracker account of this mount.`
+
+const pathAccountHelpDesc = `
+A mount holds its default account (config, token, rotate, status) and any
+number of named ones, each a session of its own with the same fields, rules
+and answers: accounts/<name> is its config, token/<name> its token,
+rotate/<name> and status/<name> the rest. LIST accounts/ names them, with
+each one's state, expires_at and consecutive_failures in key_info.
+
+Names are 1 to 64 characters of a-z, 0-9, - and _, starting with a letter or
+digit. An unknown name is a 404 on every path.
+
+Writing username and password logs in to Teletracker at once; writing
+refresh_token instead seeds an existing session. The write fails, and
+changes nothing, when Teletracker refuses. A write is a partial update.
+Deleting the account deletes its config and session.
 `

@@ -318,7 +318,7 @@ func TestConfigExistenceCheck(t *testing.T) {
 	if resp, err := e.request(logical.CreateOperation, "config", data); err != nil || resp != nil {
 		t.Fatalf("create: %v %v", resp, err)
 	}
-	ok, err := e.b.pathConfigExistenceCheck(context.Background(), &logical.Request{Storage: e.storage}, nil)
+	ok, err := e.b.pathConfigExistenceCheck(context.Background(), &logical.Request{Path: e.path("config"), Storage: e.storage}, nil)
 	if err != nil || !ok {
 		t.Fatalf("exists after create: %v %v", ok, err)
 	}
@@ -347,7 +347,7 @@ func statusOf(resp *logical.Response, err error) int {
 
 // fieldData is d as the config path would see it.
 func fieldData(d map[string]interface{}) *framework.FieldData {
-	return &framework.FieldData{Raw: d, Schema: pathConfig(newBackend(newProcess())).Fields}
+	return &framework.FieldData{Raw: d, Schema: configFields}
 }
 
 // withHeader is the PEM block pemText with a header line, which TLS clients
@@ -416,7 +416,7 @@ func FuzzConfigWrite(f *testing.F) {
 		if c.AccountID < 0 || (r.State != stateReady && (c.Username == "" || c.Password == "")) {
 			t.Fatalf("accepted %+v", c)
 		}
-		if _, err := newProcess().transport(c.CACert); err != nil {
+		if _, err := newProcess(DefaultCallsPerSecond).transport(c.CACert); err != nil {
 			t.Fatalf("accepted a config no client can be built from: %v", err)
 		}
 	})
@@ -437,7 +437,7 @@ func TestConfigSessionStoreFailureChangesNothing(t *testing.T) {
 	}
 	e.clock.Add(time.Minute)
 	_ = e.tick()
-	if s := e.stored(); !reflect.DeepEqual(s, before) || e.b.held.Load() != nil {
+	if s := e.stored(); !reflect.DeepEqual(s, before) || e.a().held.Load() != nil {
 		t.Fatal("a failed config write changed the session")
 	}
 }
@@ -550,7 +550,7 @@ func TestSeedNeverSpentUnlessKept(t *testing.T) {
 	if len(resp.Warnings) != 1 || !strings.Contains(resp.Warnings[0], "held in memory") {
 		t.Fatalf("want a warning that the session is held: %v", resp.Warnings)
 	}
-	held := e.b.held.Load()
+	held := e.a().held.Load()
 	if held == nil || e.stored().State != stateInFlight {
 		t.Fatal("the seeded session is not held over its stored intent")
 	}
@@ -558,7 +558,7 @@ func TestSeedNeverSpentUnlessKept(t *testing.T) {
 	e.storage.failPuts.Store(0)
 	e.clock.Add(time.Minute)
 	_ = e.tick()
-	if r := e.stored(); r.RefreshToken != held.RefreshToken || r.State != stateReady || e.b.held.Load() != nil {
+	if r := e.stored(); r.RefreshToken != held.RefreshToken || r.State != stateReady || e.a().held.Load() != nil {
 		t.Fatalf("the held session was not stored: %+v", r)
 	}
 	e.clock.Add(55 * time.Minute)

@@ -35,11 +35,13 @@ func pathMetrics(b *backend) *framework.Path {
 // pathMetricsRead answers with the raw text exposition, for Prometheus to
 // scrape at /v1/<mount>/metrics with a Vault token.
 func (b *backend) pathMetricsRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	r, err := b.peekRecord(ctx, req.Storage)
+	def, err := b.def().peekRecord(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
-	body, contentType, err := b.metrics.expose(r, b.now())
+	g := mountGauges{def: def, named: b.namedRecords(), now: b.now()}
+	g.needed, g.budget = b.proc.capacity()
+	body, contentType, err := b.metrics.expose(g)
 	if err != nil {
 		return nil, err
 	}

@@ -2,15 +2,26 @@ package teletracker
 
 import (
 	"context"
+	"errors"
 	"net/http"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-func pathRotate(b *backend) *framework.Path {
+// pathRotate is rotate for the default account and rotate/<name> for the
+// named ones: one handler for both.
+func pathRotate(b *backend) []*framework.Path {
+	return []*framework.Path{
+		b.rotatePath("rotate", "token", nil),
+		b.rotatePath("rotate/"+framework.MatchAllRegex("name"), "account-token", map[string]*framework.FieldSchema{"name": nameField}),
+	}
+}
+
+func (b *backend) rotatePath(pattern, suffix string, fields map[string]*framework.FieldSchema) *framework.Path {
 	return &framework.Path{
-		Pattern: "rotate",
+		Pattern: pattern,
+		Fields:  fields,
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefix,
 		},
@@ -20,7 +31,7 @@ func pathRotate(b *backend) *framework.Path {
 				Summary:  "Replace the bearer token (and so the refresh token) now.",
 				DisplayAttrs: &framework.DisplayAttributes{
 					OperationVerb:   "rotate",
-					OperationSuffix: "token",
+					OperationSuffix: suffix,
 				},
 				Responses: map[int][]framework.Response{
 					http.StatusOK: {{
@@ -45,7 +56,21 @@ var rotateResponseFields = map[string]*framework.FieldSchema{
 }
 
 func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	r, err := b.apply(ctx, req.Storage, trigger{kind: triggerRotate, at: b.now()}, nil)
+	name, err := nameIn(req.Path, "rotate")
+	if err != nil {
+		return respond(triggerRotate, err)
+	}
+	a, err := b.existing(ctx, req.Storage, name)
+	switch {
+	case err != nil:
+		return nil, err
+	case a == nil:
+		return nil, errNoAccount(name)
+	}
+	r, err := a.apply(ctx, req.Storage, trigger{kind: triggerRotate, at: b.now()}, nil)
+	if errors.Is(err, errNotConfigured) && name != "" {
+		return nil, errNoAccount(name) // deleted meanwhile
+	}
 	if !succeeded(err) {
 		return respond(triggerRotate, err)
 	}

@@ -9,19 +9,29 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-func pathStatus(b *backend) *framework.Path {
+// pathStatus is status for the default account and status/<name> for the
+// named ones: one handler for both.
+func pathStatus(b *backend) []*framework.Path {
+	return []*framework.Path{
+		b.statusPath("status", "status", nil),
+		b.statusPath("status/"+framework.MatchAllRegex("name"), "account-status", map[string]*framework.FieldSchema{"name": nameField}),
+	}
+}
+
+func (b *backend) statusPath(pattern, suffix string, fields map[string]*framework.FieldSchema) *framework.Path {
 	return &framework.Path{
-		Pattern: "status",
+		Pattern: pattern,
+		Fields:  fields,
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefix,
 		},
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
 				Callback: b.pathStatusRead,
-				Summary:  "Report the health of the mount's Teletracker session.",
+				Summary:  "Report the health of an account's Teletracker session.",
 				DisplayAttrs: &framework.DisplayAttributes{
 					OperationVerb:   "read",
-					OperationSuffix: "status",
+					OperationSuffix: suffix,
 				},
 				Responses: map[int][]framework.Response{
 					http.StatusOK: {{
@@ -51,14 +61,34 @@ var statusResponseFields = map[string]*framework.FieldSchema{
 	"consecutive_failures":     {Type: framework.TypeInt, Required: true, Description: "Failed calls since the last success."},
 	"refresh_count":            {Type: framework.TypeInt64, Required: true, Description: "Successful refreshes since the mount was configured."},
 	"unsaved":                  {Type: framework.TypeBool, Required: true, Description: "A new session is held in memory because storage refused it."},
+	"calls_per_second_needed":  {Type: framework.TypeFloat, Required: true, Description: "Calls a second all accounts of the plugin process need to keep their sessions (one a rotation)."},
+	"calls_per_second_budget":  {Type: framework.TypeFloat, Required: true, Description: "Calls a second the plugin process's turns give; above it, sessions run out before they are refreshed."},
 }
 
 func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	r, err := b.peekRecord(ctx, req.Storage)
+	name, err := nameIn(req.Path, "status")
+	if err != nil {
+		return respond(triggerRead, err)
+	}
+	a, err := b.existing(ctx, req.Storage, name)
+	switch {
+	case err != nil:
+		return nil, err
+	case a == nil && name != "":
+		return nil, errNoAccount(name)
+	case a == nil:
+		a = b.def()
+	}
+	r, err := a.peekRecord(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
-	now, state, nextAttempt := b.now(), stateUnconfigured, time.Time{}
+	return &logical.Response{Data: b.statusData(r, b.now())}, nil
+}
+
+// statusData is what status says of r at now.
+func (b *backend) statusData(r *record, now time.Time) map[string]interface{} {
+	state, nextAttempt := stateUnconfigured, time.Time{}
 	if r.configured() {
 		state = r.health(now)
 		if state == stateDegraded {
@@ -68,7 +98,8 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 		r = &record{}
 	}
 	tl := r.timeline()
-	return &logical.Response{Data: map[string]interface{}{
+	needed, budget := b.proc.capacity()
+	return map[string]interface{}{
 		"state":                    state,
 		"expires_at":               timeText(tl.expires),
 		"refresh_token_expires_at": timeText(r.RefreshTokenExpiresAt),
@@ -81,7 +112,9 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 		"consecutive_failures":     r.Failures,
 		"refresh_count":            r.RefreshCount,
 		"unsaved":                  r.unsaved,
-	}}, nil
+		"calls_per_second_needed":  needed,
+		"calls_per_second_budget":  budget,
+	}
 }
 
 // timeText is t in RFC 3339, or empty when t is zero.

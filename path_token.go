@@ -31,16 +31,25 @@ type snapshot struct {
 // bearer is the token_type value, boxed once.
 var bearer any = "Bearer"
 
-// publish makes r what reads are answered from; epoch is b.epoch before r
-// was loaded: if Invalidate ran since, the copy is dropped. Under refreshMu.
-func (b *backend) publish(epoch uint64, r *record) {
+// publish makes r what reads are answered from, and schedules the tick's
+// next look at it; epoch is a.epoch before r was loaded: if Invalidate ran
+// since, the copy is dropped. Under refreshMu.
+func (a *account) publish(epoch uint64, r *record) {
+	now := a.m.now()
+	a.setNeed(r)
+	switch {
+	case r.configured(), a.name != "":
+		a.m.sched.set(a, tickAt(r, now))
+	default:
+		a.m.sched.remove(a)
+	}
 	if !r.configured() {
-		b.snap.Store(nil)
+		a.snap.Store(nil)
 		return
 	}
-	b.snap.Store(newSnapshot(r, b.now(), b.lastTick()))
-	if b.epoch.Load() != epoch {
-		b.snap.Store(nil)
+	a.snap.Store(newSnapshot(r, now, a.m.lastTick()))
+	if a.epoch.Load() != epoch {
+		a.snap.Store(nil)
 	}
 }
 
@@ -129,10 +138,20 @@ func (st *snapshot) response(now time.Time) *logical.Response {
 	return resp
 }
 
-func pathToken(b *backend) *framework.Path {
+// pathToken is token for the default account and token/<name> for the
+// named ones: one handler for both (and backend.HandleRequest answers reads
+// of either before the framework does).
+func pathToken(b *backend) []*framework.Path {
+	return []*framework.Path{
+		b.tokenPath("token", "token", tokenFields),
+		b.tokenPath("token/"+framework.MatchAllRegex("name"), "account-token", withName(tokenFields)),
+	}
+}
+
+func (b *backend) tokenPath(pattern, suffix string, fields map[string]*framework.FieldSchema) *framework.Path {
 	return &framework.Path{
-		Pattern: "token",
-		Fields:  tokenFields,
+		Pattern: pattern,
+		Fields:  fields,
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefix,
 		},
@@ -142,7 +161,7 @@ func pathToken(b *backend) *framework.Path {
 				Summary:  "Read the current Teletracker bearer token.",
 				DisplayAttrs: &framework.DisplayAttributes{
 					OperationVerb:   "read",
-					OperationSuffix: "token",
+					OperationSuffix: suffix,
 				},
 				Responses: map[int][]framework.Response{
 					http.StatusOK: {{
@@ -202,49 +221,68 @@ func tooLong(r *record, minTTL time.Duration) error {
 	return nil
 }
 
-// pathTokenRead answers from the snapshot when it can, else brings the record
-// up to date first under the refresh lock. It never waits for another holder
-// of the lock while a token that meets the read's min_ttl is known (in memory
-// or in storage), and such a token is served, with a warning, when bringing
-// it up to date fails.
+// pathTokenRead answers a read of token (the default account) or
+// token/<name>.
 func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	b.metrics.reads.Inc()
+	name, err := nameIn(req.Path, "token")
+	if err != nil {
+		return respond(triggerRead, err)
+	}
 	minTTL, err := minTTLOf(req)
 	if err != nil {
 		return respond(triggerRead, err)
 	}
-	st := b.snap.Load()
-	now := b.now()
+	a, err := b.existing(ctx, req.Storage, name)
+	switch {
+	case err != nil:
+		return nil, err
+	case a == nil:
+		return nil, errNoAccount(name)
+	}
+	return a.read(ctx, req.Storage, minTTL)
+}
+
+// read answers from the snapshot when it can, else brings the record up to
+// date first under the refresh lock. It never waits for another holder of
+// the lock while a token that meets the read's min_ttl is known (in memory
+// or in storage), and such a token is served, with a warning, when
+// bringing it up to date fails.
+func (a *account) read(ctx context.Context, storage logical.Storage, minTTL time.Duration) (*logical.Response, error) {
+	st := a.snap.Load()
+	now := a.m.now()
 	switch {
 	case st != nil && now.Before(st.actAt) && (minTTL == 0 || st.tl.lasts(now, minTTL)):
 		return st.answer(now, 0, nil)
 	case st != nil && tooLong(st.rec, minTTL) != nil:
 		return respond(triggerRead, tooLong(st.rec, minTTL))
 	case st != nil && st.tl.lasts(now, minTTL):
-		if !b.refreshMu.TryLock() {
+		if !a.refreshMu.TryLock() {
 			return st.answer(now, minTTL, nil)
 		}
 	default: // no snapshot (after a restart or Invalidate): a stored token that lasts beats waiting
-		if !b.refreshMu.TryLock() {
-			if r, err := b.peekRecord(ctx, req.Storage); err == nil && r.configured() && tooLong(r, minTTL) == nil {
-				if snap := newSnapshot(r, now, b.lastTick()); snap.tl.lasts(now, minTTL) {
+		if !a.refreshMu.TryLock() {
+			if r, err := a.peekRecord(ctx, storage); err == nil && r.configured() && tooLong(r, minTTL) == nil {
+				if snap := newSnapshot(r, now, a.m.lastTick()); snap.tl.lasts(now, minTTL) {
 					return snap.answer(now, minTTL, nil)
 				}
 			}
-			b.refreshMu.Lock()
+			a.refreshMu.Lock()
 		}
 	}
-	r, err := b.applyLocked(ctx, req.Storage, trigger{kind: triggerRead, minTTL: minTTL}, nil)
-	b.refreshMu.Unlock()
-	now = b.now()
-	cur := b.snap.Load()
+	r, err := a.applyLocked(ctx, storage, trigger{kind: triggerRead, minTTL: minTTL}, nil)
+	a.refreshMu.Unlock()
+	now = a.m.now()
+	cur := a.snap.Load()
 	if cur == nil && r.configured() {
-		cur = newSnapshot(r, now, b.lastTick()) // Invalidate dropped what was just published
+		cur = newSnapshot(r, now, a.m.lastTick()) // Invalidate dropped what was just published
 	}
 	if cur == nil {
 		cur = st
 	}
 	switch {
+	case errors.Is(err, errNotConfigured) && a.name != "":
+		return nil, errNoAccount(a.name) // deleted meanwhile
 	case cur == nil || errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured):
 		return respond(triggerRead, err)
 	case tooLong(cur.rec, minTTL) != nil:

@@ -14,7 +14,6 @@ import (
 
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/time/rate"
 
 	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
 )
@@ -477,7 +476,7 @@ func TestTokenReadSkipsFrameworkWork(t *testing.T) {
 	sys := &countingSystemView{StaticSystemView: conf.System.(*logical.StaticSystemView)}
 	conf.System = sys
 	conf.StorageView = &logical.InmemStorage{}
-	b := newBackend(newProcess())
+	b := newBackend(newProcess(DefaultCallsPerSecond))
 	if err := b.Setup(context.Background(), conf); err != nil {
 		t.Fatal(err)
 	}
@@ -510,17 +509,17 @@ func TestReadWithoutCopyDoesNotWait(t *testing.T) {
 	e.configure(nil)
 	want := e.readToken().Data["token"]
 	e.b.invalidate(context.Background(), recordKey)
-	e.b.refreshMu.Lock() // a slow refresh, say
+	e.a().refreshMu.Lock() // a slow refresh, say
 	got := make(chan interface{}, 1)
 	go func() { got <- e.readToken().Data["token"] }()
 	select {
 	case tok := <-got:
-		e.b.refreshMu.Unlock()
+		e.a().refreshMu.Unlock()
 		if tok != want {
 			t.Errorf("read %v, want the stored token", tok)
 		}
 	case <-time.After(10 * time.Second):
-		e.b.refreshMu.Unlock()
+		e.a().refreshMu.Unlock()
 		<-got
 		t.Error("the read waited for the refresh lock")
 	}
@@ -652,9 +651,9 @@ func TestMinTTL(t *testing.T) {
 func TestDeferredDueReadStaysOffStorage(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
-	e.b.proc.pacer = rate.NewLimiter(rate.Every(time.Hour), 1)
-	e.b.proc.pacer.Allow()        // other mounts hold the next turns
-	e.clock.Add(55 * time.Minute) // due for reads (refreshAt 50 min), valid until 59 min
+	e.b.proc.pacer = newPacer(1 / (time.Hour).Seconds())
+	holdTurns(e.b.proc.pacer, e.clock.Mono(), 1) // other mounts hold the next turns
+	e.clock.Add(55 * time.Minute)                // due for reads (refreshAt 50 min), valid until 59 min
 	e.readToken()
 	gets := e.storage.gets.Load()
 	for i := 0; i < 100; i++ {

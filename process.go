@@ -11,38 +11,48 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/time/rate"
 )
 
-// process.go holds what the plugin process shares among its mounts (one
-// process serves every mount of the engine): the pacer that keeps the calls
-// of all mounts together under maxCallRate, and the HTTP transports, one per
-// ca_cert, so that connections and TLS state do not grow with the mounts.
-// NewFactory makes it once; there is no package state.
+// process.go holds what the plugin process shares among its mounts and
+// their accounts (one process serves every mount of the engine): the call
+// budget (the pacer, pacer.go, and the spacing of sends) and the HTTP
+// transports, one per ca_cert, so that connections and TLS state do not
+// grow with the mounts. NewFactory makes it once; there is no package
+// state.
 
 const (
-	// maxCallRate is how many calls a second the process's turns allow, all
-	// mounts together: at most 10 a second reach Teletracker (a burst of a
-	// thousand from one address is what a rate limiter answers with 429),
-	// with room for the time between a call's turn and its sending.
-	maxCallRate = 9
-	// sendGap is the least time between two sends of the process: a turn
-	// is taken before a refresh's marker is stored, so a slow Put would
-	// otherwise send it on top of the calls whose turns came later. A
-	// little over a tenth of a second, so that what delays a call on its
-	// way cannot bring eleven within a second.
-	sendGap = 105 * time.Millisecond
+	// DefaultCallsPerSecond is the process's budget: at most this many
+	// calls a second reach Teletracker, all mounts and accounts together (a
+	// burst of a thousand from one address is what a rate limiter answers
+	// with 429). The plugin's -calls-per-second argument raises it.
+	DefaultCallsPerSecond = 10
+	// turnShare is the share of the budget the pacer's turns give: the
+	// rest is room for the time between a call's turn and its sending.
+	turnShare = 0.9
+	// transportIdle is how long a transport no call uses is kept.
+	transportIdle = 10 * time.Minute
 )
 
 // process is what one plugin process's mounts share.
 type process struct {
-	// pacer spaces the process's calls to Teletracker.
-	pacer *rate.Limiter
-	// mu guards transports.
+	// budget is the calls a second the process may make.
+	budget float64
+	// pacer hands out the calls' turns: 0.9 of budget a second, with room
+	// for the time between a call's turn and its sending.
+	pacer *pacer
+	// sendGap is the least time between two sends of the process: a turn
+	// is taken before a refresh's marker is stored, so a slow Put would
+	// otherwise send it on top of the calls whose turns came later. A
+	// little over 1/budget, so that what delays a call on its way cannot
+	// bring more than budget within a second.
+	sendGap time.Duration
+	// mu guards transports and needed.
 	mu sync.Mutex
-	// transports are the HTTP transports by ca_cert ("" for none), with
-	// the number of mounts using each.
+	// transports are the HTTP transports by ca_cert ("" for none).
 	transports map[string]*sharedTransport
+	// needed is the calls a second all accounts of all mounts need to keep
+	// their sessions, each a call per rotation (capacity.go).
+	needed float64
 	// released is when memory was last released (memory.go), on mono.
 	released atomic.Pointer[time.Time]
 	// sendMu orders the sends; lastSend is when the last one went.
@@ -51,22 +61,34 @@ type process struct {
 	// roundTripper, when set, carries the calls of every mount instead of
 	// the transports (the simulation's Teletracker, in process).
 	roundTripper http.RoundTripper
+	// mounts numbers the mounts, for the pacer's fair share.
+	mounts atomic.Uint64
 }
 
-func newProcess() *process {
-	return &process{pacer: rate.NewLimiter(maxCallRate, 1), transports: map[string]*sharedTransport{}}
+// newProcess is a process whose calls reach Teletracker at most budget
+// times a second.
+func newProcess(budget float64) *process {
+	return &process{
+		budget:     budget,
+		pacer:      newPacer(budget * turnShare),
+		sendGap:    time.Duration(1.05 * float64(time.Second) / budget),
+		transports: map[string]*sharedTransport{},
+	}
 }
 
-// sharedTransport is one transport and how many mounts use it.
+// sharedTransport is one transport, how many calls use it now, and when
+// the last one ended (on mono).
 type sharedTransport struct {
-	t     *http.Transport
-	users int
+	t        *http.Transport
+	users    int
+	lastUsed time.Time
 }
 
-// NewFactory returns the factory of one plugin process: every mount it
-// makes shares one process.
-func NewFactory() logical.Factory {
-	p := newProcess()
+// NewFactory returns the factory of one plugin process whose calls reach
+// Teletracker at most callsPerSecond times a second: every mount it makes
+// shares one process.
+func NewFactory(callsPerSecond float64) logical.Factory {
+	p := newProcess(callsPerSecond)
 	return func(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
 		b := newBackend(p)
 		b.storage = conf.StorageView
@@ -77,45 +99,31 @@ func NewFactory() logical.Factory {
 	}
 }
 
-// pace waits for the next call's turn, now on the caller's monotonic clock,
-// with sleep, or returns a rateLimitedError saying when (on the wall clock
-// wall) it would come when that is more than maxWait away, past ctx's
-// deadline, or ctx ends first.
-func (p *process) pace(ctx context.Context, now, wall time.Time, sleep sleeper, maxWait time.Duration) error {
-	res := p.pacer.ReserveN(now, 1)
-	delay := res.DelayFrom(now)
-	if delay == 0 {
-		return nil
-	}
-	limited := &rateLimitedError{until: wall.Add(delay), why: "the plugin's calls to Teletracker, all mounts together, are paced"}
-	if dl, ok := ctx.Deadline(); delay > maxWait || ok && time.Now().Add(delay).After(dl) {
-		res.Cancel()
-		return limited
-	}
-	if err := sleep(ctx, delay); err != nil {
-		res.Cancel()
-		return limited
-	}
-	return nil
-}
-
-// pace waits for the turn of a call the record allows: never within
-// minCallInterval of this mount's last call in this process (b.lastCall, set
-// by call), on a clock that cannot go back whatever the wall clock and the
-// stored times say, and in turn with the process's other mounts, waiting at
-// most maxWait, and not past Clean. The caller holds refreshMu.
-func (b *backend) pace(ctx context.Context, maxWait time.Duration) error {
-	if since := b.mono().Sub(b.lastCall); !b.lastCall.IsZero() && since < minCallInterval {
+// pace waits for the turn of a call the record of a allows: never within
+// minCallInterval of the account's last call in this process (a.lastCall,
+// set by call), on a clock that cannot go back whatever the wall clock and
+// the stored times say, and in turn with the process's other calls (the
+// earliest deadline first within the mount, and the mount its fair share),
+// waiting at most maxWait, and not past Clean. The caller holds refreshMu.
+func (a *account) pace(ctx context.Context, deadline time.Time, maxWait time.Duration) error {
+	b := a.m
+	if since := b.mono().Sub(a.lastCall); !a.lastCall.IsZero() && since < minCallInterval {
 		return &rateLimitedError{until: b.now().Add(minCallInterval - since), why: fmt.Sprintf("at most one call every %s", minCallInterval)}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(b.life, cancel)() // Clean stops the wait
-	err := b.proc.pace(ctx, b.mono(), b.now(), b.sleep, maxWait)
-	if b.life.Err() != nil {
-		return errCleaned // a request that came after Clean, or a turn that came with it
+	if dl, ok := ctx.Deadline(); ok {
+		maxWait = min(maxWait, time.Until(dl)) // the request's own deadline
 	}
-	return err
+	eta, ok := b.proc.pacer.turn(ctx, b.mono, b.sleep, b.id, deadline, maxWait)
+	switch {
+	case b.life.Err() != nil:
+		return errCleaned // a request that came after Clean, or a turn that came with it
+	case !ok:
+		return &rateLimitedError{until: b.now().Add(eta), why: "the plugin's calls to Teletracker, all mounts and accounts together, are paced"}
+	}
+	return nil
 }
 
 // send waits, with sleep, until sendGap has passed since the process's
@@ -124,7 +132,7 @@ func (b *backend) pace(ctx context.Context, maxWait time.Duration) error {
 func (p *process) send(ctx context.Context, mono func() time.Time, sleep sleeper) error {
 	p.sendMu.Lock()
 	defer p.sendMu.Unlock()
-	if wait := sendGap - mono().Sub(p.lastSend); !p.lastSend.IsZero() && wait > 0 {
+	if wait := p.sendGap - mono().Sub(p.lastSend); !p.lastSend.IsZero() && wait > 0 {
 		if err := sleep(ctx, wait); err != nil {
 			return err
 		}
@@ -148,8 +156,23 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// transport is the process's HTTP transport for ca_cert caPEM, for one more
-// mount; release gives it back.
+// client is an HTTP client for one call under cfg, over the process's
+// transport for cfg's ca_cert (or its roundTripper); done gives the
+// transport back once the call has ended. now is Vault's clock, mono the
+// monotonic one.
+func (p *process) client(cfg *config, now, mono func() time.Time) (c *client, done func(), err error) {
+	if p.roundTripper != nil {
+		return newClient(cfg, p.roundTripper, now), func() {}, nil
+	}
+	t, err := p.transport(cfg.CACert)
+	if err != nil {
+		return nil, nil, err
+	}
+	return newClient(cfg, t, now), func() { p.release(cfg.CACert, mono()) }, nil
+}
+
+// transport is the process's HTTP transport for ca_cert caPEM, for one
+// call; release gives it back when the call ends, at now on mono.
 func (p *process) transport(caPEM string) (*http.Transport, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -161,8 +184,8 @@ func (p *process) transport(caPEM string) (*http.Transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Each call is bounded by its mount's request_timeout (the client's
-	// timeout and its context); these bound the steps for every mount.
+	// Each call is bounded by its account's request_timeout (the client's
+	// timeout and its context); these bound the steps for every call.
 	t := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: maxRequestTimeout, KeepAlive: 30 * time.Second}).DialContext,
@@ -177,13 +200,23 @@ func (p *process) transport(caPEM string) (*http.Transport, error) {
 	return t, nil
 }
 
-// release gives back a mount's use of the transport for caPEM; the last
-// one closes its connections and drops it.
-func (p *process) release(caPEM string) {
+// release gives back a call's use of the transport for caPEM, ended at now.
+func (p *process) release(caPEM string, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if s := p.transports[caPEM]; s != nil {
-		if s.users--; s.users <= 0 {
+		s.users--
+		s.lastUsed = now
+	}
+}
+
+// dropIdleTransports closes and drops the transports no call has used for
+// transportIdle, as of now on mono.
+func (p *process) dropIdleTransports(now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for caPEM, s := range p.transports {
+		if s.users <= 0 && now.Sub(s.lastUsed) >= transportIdle {
 			s.t.CloseIdleConnections()
 			delete(p.transports, caPEM)
 		}

@@ -11,19 +11,18 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
-	"golang.org/x/time/rate"
 )
 
 // TestMountsShareOnePacer: mounts of one process that fall due together
-// call Teletracker no faster than maxCallRate between them, and each once.
+// call Teletracker no faster than the pacer's turns between them, and each once.
 func TestMountsShareOnePacer(t *testing.T) {
 	const mounts = 25
-	p := newProcess()
+	p := newProcess(DefaultCallsPerSecond)
 	envs := make([]*testEnv, mounts)
 	for i := range envs {
 		envs[i] = newTestEnv(t)
 		envs[i].configure(nil)
-		envs[i].b.proc, envs[i].b.client = p, nil // as NewFactory does for every mount it makes
+		envs[i].b.proc = p // as NewFactory does for every mount it makes
 		envs[i].clock.Add(49 * time.Minute)
 	}
 	start := time.Now()
@@ -33,9 +32,9 @@ func TestMountsShareOnePacer(t *testing.T) {
 		go func() { defer wg.Done(); _ = e.tick() }()
 	}
 	wg.Wait()
-	// Paced at maxCallRate with a burst of one, n calls take (n-1)/rate at
+	// Paced at the pacer's turns with a burst of one, n calls take (n-1)/rate at
 	// least, however fast or loaded the machine is.
-	if took, least := time.Since(start), time.Duration(mounts-1)*time.Second/maxCallRate; took < least {
+	if took, least := time.Since(start), time.Duration(mounts-1)*newPacer(DefaultCallsPerSecond*turnShare).interval; took < least {
 		t.Fatalf("%d calls in %v, under the %v the pace allows", mounts, took, least)
 	}
 	for i, e := range envs {
@@ -54,8 +53,8 @@ func TestMountsShareOnePacer(t *testing.T) {
 func TestPacedCallDeferred(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
-	e.b.proc.pacer = rate.NewLimiter(rate.Every(time.Hour), 1)
-	e.b.proc.pacer.Allow() // the config write's turn, taken
+	e.b.proc.pacer = newPacer(1 / (time.Hour).Seconds())
+	holdTurns(e.b.proc.pacer, e.clock.Mono(), 1) // the config write's turn, taken
 	before := e.stored()
 	e.clock.Add(time.Minute)
 	resp, err := e.request(logical.UpdateOperation, "rotate", nil)
@@ -90,7 +89,7 @@ func (s *slowPuts) Put(ctx context.Context, e *logical.StorageEntry) error {
 // monotonic now, as n other mounts of the process falling due together do.
 func reserveOthers(e *testEnv, n int) {
 	for i := 0; i < n; i++ {
-		e.b.proc.pacer.ReserveN(e.clock.Mono(), 1)
+		holdTurns(e.b.proc.pacer, e.clock.Mono(), 1)
 	}
 }
 
@@ -117,13 +116,13 @@ func pacedRefresh(t *testing.T, others int) {
 	if st := e.fake.Stats(); st.Refreshes != 2 {
 		t.Fatalf("setup: %+v", st)
 	}
-	if r := e.stored(); r.State != stateReady || e.b.held.Load() != nil {
+	if r := e.stored(); r.State != stateReady || e.a().held.Load() != nil {
 		// Vault crashes before the next tick: the next node finds the marker.
 		b2 := restart(t, e)
 		e.clock.Add(time.Minute)
 		_ = b2.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
 		t.Fatalf("a refresh Teletracker answered within request_timeout was not stored (stored state %q, held=%v); after a crash the next node ends in %q",
-			r.State, e.b.held.Load() != nil, e.stored().State)
+			r.State, e.a().held.Load() != nil, e.stored().State)
 	}
 }
 
@@ -143,27 +142,40 @@ func TestReadOfValidTokenDoesNotWaitForPacer(t *testing.T) {
 
 // The process drops a transport (and its copy of the system roots) once no
 // mount uses its ca_cert any more.
-func TestTransportsReleasedWithTheirMounts(t *testing.T) {
+func TestIdleTransportsDropped(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	for i := 0; i < 3; i++ {
 		e.clock.Add(time.Minute)
-		e.configure(map[string]interface{}{"ca_cert": selfSignedPEM(t)})
+		e.configure(map[string]interface{}{"ca_cert": selfSignedPEM(t), "password": "demo-password"})
 	}
-	e.b.Cleanup(context.Background())
+	e.b.proc.dropIdleTransports(e.clock.Mono().Add(transportIdle))
 	e.b.proc.mu.Lock()
 	n := len(e.b.proc.transports)
 	e.b.proc.mu.Unlock()
-	if n > 1 {
-		t.Fatalf("%d transports kept for one mount that now uses one ca_cert (and was unmounted)", n)
+	if n != 0 {
+		t.Fatalf("%d transports kept though no call used them for %v", n, transportIdle)
 	}
+}
+
+// transportsInUse is how many of p's transports a call uses now.
+func transportsInUse(p *process) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, s := range p.transports {
+		if s.users > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // The pacer's turns and the spacing of sends keep the calls reaching
 // Teletracker from one process under ten a second, even when a marker's
 // slow Put delays a call past the turns that came after it.
 func TestSendsSpacedUnderTenPerSecond(t *testing.T) {
-	p := newProcess()
+	p := newProcess(DefaultCallsPerSecond)
 	var mu sync.Mutex
 	var arrivals []time.Time
 	const slowMounts, fastMounts = 5, 9
@@ -180,7 +192,7 @@ func TestSendsSpacedUnderTenPerSecond(t *testing.T) {
 		}))
 		t.Cleanup(rec.Close)
 		e.configure(map[string]interface{}{"base_url": rec.URL})
-		e.b.proc, e.b.client = p, nil
+		e.b.proc = p
 		e.clock.Add(49 * time.Minute)
 		envs[i] = e
 	}
@@ -220,4 +232,12 @@ func TestSendsSpacedUnderTenPerSecond(t *testing.T) {
 	if peak > 10 {
 		t.Fatalf("%d calls reached Teletracker within one second, over the 10 promised", peak)
 	}
+}
+
+// holdTurns takes n turns of p at now, as other mounts falling due
+// together do.
+func holdTurns(p *pacer, now time.Time, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.next = later(p.next, now).Add(time.Duration(n) * p.interval)
 }

@@ -8,9 +8,10 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// record.go holds what the engine stores for a mount: one record, written
-// with one Put, so that config, session and the record of attempts can never
-// disagree. It also reads the v0.1.0 layout (config and session apart) once.
+// record.go holds what the engine stores for an account: one record,
+// written with one Put, so that config, session and the record of attempts
+// can never disagree. It also reads the v0.1.0 layout of the default
+// account (config and session apart) once.
 
 // The states of a record's session.
 const (
@@ -20,8 +21,8 @@ const (
 	stateNeedReauth = "need_reauth" // nothing the engine can try helps; only a config write can
 )
 
-// record is a mount's configuration, session and record of attempts, stored
-// seal-wrapped under recordKey.
+// record is an account's configuration, session and record of attempts,
+// stored at its key (recordKey for the default account).
 type record struct {
 	// Config is the mount's configuration.
 	Config config `json:"config"`
@@ -103,10 +104,10 @@ func (r *record) health(now time.Time) string {
 	return stateHealthy
 }
 
-// getRecord returns the stored record, nil when there is none. A mount still
-// in the v0.1.0 layout is read from it; legacy says so.
-func getRecord(ctx context.Context, s logical.Storage) (r *record, legacy bool, err error) {
-	if r, err = getEntry[record](ctx, s, recordKey); err != nil || r != nil {
+// getRecord returns the record stored at key, nil when there is none. The
+// default account still in the v0.1.0 layout is read from it; legacy says so.
+func getRecord(ctx context.Context, s logical.Storage, key string) (r *record, legacy bool, err error) {
+	if r, err = getEntry[record](ctx, s, key); err != nil || r != nil || key != recordKey {
 		return r, false, err
 	}
 	cfg, err := getEntry[config](ctx, s, legacyConfigKey)
@@ -120,9 +121,9 @@ func getRecord(ctx context.Context, s logical.Storage) (r *record, legacy bool, 
 	return fromV010(cfg, old), true, nil
 }
 
-// putRecord stores r.
-func putRecord(ctx context.Context, s logical.Storage, r *record) error {
-	entry, err := logical.StorageEntryJSON(recordKey, r)
+// putRecord stores r at key.
+func putRecord(ctx context.Context, s logical.Storage, key string, r *record) error {
+	entry, err := logical.StorageEntryJSON(key, r)
 	if err != nil {
 		return fmt.Errorf("encoding the record: %w", err)
 	}
@@ -140,19 +141,6 @@ func deleteLegacy(ctx context.Context, s logical.Storage) error {
 		}
 	}
 	return nil
-}
-
-// peekRecord is the record as this node knows it, without the refresh lock:
-// the held one, else the snapshot's, else the stored one.
-func (b *backend) peekRecord(ctx context.Context, storage logical.Storage) (*record, error) {
-	if r := b.held.Load(); r != nil {
-		return r, nil
-	}
-	if snap := b.snap.Load(); snap != nil {
-		return snap.rec, nil
-	}
-	r, _, err := getRecord(ctx, storage)
-	return r, err
 }
 
 // getEntry decodes the JSON stored at key, or returns nil, nil when there is

@@ -9,10 +9,11 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// rotation.go is the one path by which anything calls Teletracker. A tick, a
-// token read, a rotate and a config write all come through apply, under the
-// one refresh lock: lock → load → decide → store marker → call → store
-// result → publish. decide.go says when; this file only does it.
+// rotation.go is the one path by which anything calls Teletracker for an
+// account. A tick, a token read, a rotate and a config write all come
+// through apply, under the account's refresh lock: lock → load → decide →
+// store marker → call → store result → publish. decide.go says when; this
+// file only does it.
 
 const (
 	// storageTimeout bounds the storage round trips before and after a call.
@@ -29,24 +30,26 @@ type change func(prev *record) (*record, trigger, error)
 
 // apply brings the record up to date for t (or what ch, a config write, asks),
 // publishes it, and returns it with why a call it wanted failed or was not made.
-func (b *backend) apply(ctx context.Context, storage logical.Storage, t trigger, ch change) (*record, error) {
-	b.refreshMu.Lock()
-	defer b.refreshMu.Unlock()
-	return b.applyLocked(ctx, storage, t, ch)
+func (a *account) apply(ctx context.Context, storage logical.Storage, t trigger, ch change) (*record, error) {
+	a.refreshMu.Lock()
+	defer a.refreshMu.Unlock()
+	return a.applyLocked(ctx, storage, t, ch)
 }
 
 // applyLocked is apply for a caller that holds refreshMu.
-func (b *backend) applyLocked(ctx context.Context, storage logical.Storage, t trigger, ch change) (*record, error) {
+func (a *account) applyLocked(ctx context.Context, storage logical.Storage, t trigger, ch change) (*record, error) {
 	// The snapshot is what this node last stored or loaded (or nil after
 	// Invalidate): while it asks for no call, storage is not read again.
-	if snap := b.snap.Load(); snap != nil && ch == nil && b.held.Load() == nil {
-		if act := decide(snap.rec, b.now(), t); !act.calls() {
+	if snap := a.snap.Load(); snap != nil && ch == nil && a.held.Load() == nil {
+		now := a.m.now()
+		if act := decide(snap.rec, now, t); !act.calls() {
+			a.m.sched.set(a, tickAt(snap.rec, now))
 			return snap.rec, act.err()
 		}
 	}
-	epoch := b.epoch.Load()
+	epoch := a.epoch.Load()
 	loadCtx, cancel := context.WithTimeout(ctx, storageTimeout)
-	prev, err := b.load(loadCtx, storage)
+	prev, err := a.load(loadCtx, storage)
 	cancel()
 	if err != nil {
 		return nil, err
@@ -54,85 +57,86 @@ func (b *backend) applyLocked(ctx context.Context, storage logical.Storage, t tr
 	r := prev
 	if ch != nil {
 		if r, t, err = ch(prev); err != nil {
-			b.publish(epoch, prev) // load may have stored a held record
+			a.publish(epoch, prev) // load may have stored a held record
 			return prev, err
 		}
 	}
 	if !r.configured() && ch == nil {
 		return nil, errNotConfigured
 	}
-	r, err = b.spend(ctx, storage, prev, r, t)
-	b.publish(epoch, r)
+	r, err = a.spend(ctx, storage, prev, r, t)
+	a.publish(epoch, r)
 	return r, err
 }
 
 // spend makes the call decide asks of r (one at most), stores the outcome,
 // and returns the record to serve with the call's error; prev is r before a
 // config write.
-func (b *backend) spend(ctx context.Context, storage logical.Storage, prev, r *record, t trigger) (*record, error) {
-	act := decide(r, b.now(), t)
+func (a *account) spend(ctx context.Context, storage logical.Storage, prev, r *record, t trigger) (*record, error) {
+	act := decide(r, a.m.now(), t)
 	if !act.calls() {
 		if t.kind == triggerCredential {
 			return prev, act.err() // a write that cannot call changes nothing
 		}
-		return b.keep(ctx, storage, prev, r, t, false, act.err())
+		return a.keep(ctx, storage, prev, r, t, false, act.err())
 	}
-	if !b.WriteSafeReplicationState() {
+	if !a.m.WriteSafeReplicationState() {
 		return prev, logical.ErrReadOnly // Vault forwards the request to the active node
 	}
-	if err := b.pace(ctx, act.paceWait); err != nil {
-		b.Logger().Info("call deferred", "reason", err)
+	tl := r.timeline()
+	if err := a.pace(ctx, tl.servedUntil, act.paceWait); err != nil {
+		a.log().Info("call deferred", "reason", err)
 		if t.kind == triggerCredential {
 			return prev, err
 		}
-		return b.keep(ctx, storage, prev, r, t, false, err) // deferred, not failed
+		return a.keep(ctx, storage, prev, r, t, false, err) // deferred, not failed
 	}
 	// Once anything is sent, the caller going away must not stop its
 	// result from being stored: nothing below listens to it.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.Config.RequestTimeout+2*storageTimeout)
 	defer cancel()
-	sentAt, sendBy := b.now(), b.mono().Add(sendWindow)
+	sentAt, sendBy := a.m.now(), a.m.mono().Add(sendWindow)
 	var marker *record
 	if act.kind == actRefresh {
 		marker = r.marked(sentAt)
-		if err := putRecord(ctx, storage, marker); err != nil {
-			b.Logger().Error("refresh not attempted: storing its marker failed", "error", err)
+		if err := putRecord(ctx, storage, a.key, marker); err != nil {
+			a.log().Error("refresh not attempted: storing its marker failed", "error", err)
 			err = fmt.Errorf("refresh not attempted: storing its marker failed: %w", err)
 			if t.kind == triggerCredential {
 				return prev, fmt.Errorf("nothing changed: %w", err)
 			}
-			return b.keep(ctx, storage, prev, settle(r, act.kind, nil, err, sentAt, b.now()), t, false, err) // a failure, with its backoff
+			return a.keep(ctx, storage, prev, settle(r, act.kind, nil, err, sentAt, a.m.now()), t, false, err) // a failure, with its backoff
 		}
 		// No call goes out later than its marker promises to others.
-		sendBy = earlier(sendBy, b.mono().Add(sentAt.Add(sendWindow).Sub(b.now())))
+		sendBy = earlier(sendBy, a.m.mono().Add(sentAt.Add(sendWindow).Sub(a.m.now())))
 	}
-	g, err := b.call(ctx, &r.Config, act.kind, r.RefreshToken, sendBy)
+	g, err := a.call(ctx, &r.Config, act.kind, r.RefreshToken, sendBy)
 	if errors.Is(err, errNotSent) {
-		return b.unsent(ctx, storage, prev, r, t, marker, err)
+		return a.unsent(ctx, storage, prev, r, t, marker, err)
 	}
 	if err != nil && g == nil && t.kind == triggerCredential {
-		return b.refuse(ctx, storage, prev, marker != nil, sentAt, err)
+		return a.refuse(ctx, storage, prev, marker != nil, sentAt, err)
 	}
-	r, callErr := settle(r, act.kind, g, err, sentAt, b.now()), err
+	r, callErr := settle(r, act.kind, g, err, sentAt, a.m.now()), err
 	if err != nil && t.kind == triggerCredential {
 		// A refresh token spent for an incomplete answer that carried a
 		// new one: the write stands, with the new refresh token.
 		callErr = &appliedError{fmt.Errorf("the answer of Teletracker was incomplete (%v); the session continues with its new refresh token, and a token is fetched on the next attempt", err)}
 	}
 	if marker != nil {
-		if other := b.movedOn(ctx, storage, marker, r); other != nil {
+		if other := a.movedOn(ctx, storage, marker, r); other != nil {
 			return other, callErr
 		}
 	}
-	return b.keep(ctx, storage, prev, r, t, marker != nil, callErr)
+	return a.keep(ctx, storage, prev, r, t, marker != nil, callErr)
 }
 
 // unsent answers a call that was never sent (Clean began, or its marker's
 // Put was acknowledged too late to send it): nothing failed, nothing is
 // counted, and the marker, if one was stored, is taken back. The record
 // stays as it was before; for a config write, as it was before the write.
-func (b *backend) unsent(ctx context.Context, storage logical.Storage, prev, r *record, t trigger, marker *record, err error) (*record, error) {
-	b.Logger().Info("call not sent", "reason", err)
+func (a *account) unsent(ctx context.Context, storage logical.Storage, prev, r *record, t trigger, marker *record, err error) (*record, error) {
+	a.log().Info("call not sent", "reason", err)
 	back := r
 	if t.kind == triggerCredential {
 		back = prev
@@ -140,17 +144,17 @@ func (b *backend) unsent(ctx context.Context, storage logical.Storage, prev, r *
 	if marker == nil {
 		return back, err
 	}
-	if other := b.movedOn(ctx, storage, marker, back); other != nil {
+	if other := a.movedOn(ctx, storage, marker, back); other != nil {
 		return other, err
 	}
 	if !back.configured() {
 		back = back.waitsOnly()
 	}
-	saved, serr := b.store(ctx, storage, back)
+	saved, serr := a.store(ctx, storage, back)
 	if serr != nil {
 		// The marker stands: the next attempt resolves it once its window
 		// is over, as after a crash.
-		b.Logger().Warn("taking back the marker of a call not sent failed", "error", serr)
+		a.log().Warn("taking back the marker of a call not sent failed", "error", serr)
 		return marker, err
 	}
 	return saved, err
@@ -162,18 +166,18 @@ func (b *backend) unsent(ctx context.Context, storage logical.Storage, prev, r *
 // and r, what this node would store now, does not hold a session where
 // that record lost it. Nil when r is to be stored: the marker stands, or it
 // cannot be read (then storing r is what is left to do).
-func (b *backend) movedOn(ctx context.Context, storage logical.Storage, marker, r *record) *record {
-	cur, _, err := getRecord(ctx, storage)
+func (a *account) movedOn(ctx context.Context, storage logical.Storage, marker, r *record) *record {
+	cur, _, err := getRecord(ctx, storage, a.key)
 	if err != nil || cur == nil || (cur.State == marker.State && cur.InFlightAt.Equal(marker.InFlightAt) &&
 		cur.Generation == marker.Generation && cur.RefreshToken == marker.RefreshToken) {
 		return nil
 	}
 	if r.Generation > marker.Generation && (cur.needsReauth() || cur.State == stateNeedLogin) {
-		b.Logger().Warn("another node lost the session this node's call renewed; storing this node's", "generation", r.Generation)
+		a.log().Warn("another node lost the session this node's call renewed; storing this node's", "generation", r.Generation)
 		return nil
 	}
-	b.Logger().Warn("another node moved the session on during this node's call; keeping its record", "generation", cur.Generation)
-	b.held.Store(nil)
+	a.log().Warn("another node moved the session on during this node's call; keeping its record", "generation", cur.Generation)
+	a.held.Store(nil)
 	return cur
 }
 
@@ -181,17 +185,17 @@ func (b *backend) movedOn(ctx context.Context, storage logical.Storage, marker, 
 // record to serve with callErr; marked says whether a refresh's marker
 // stands in storage. A config write that sent nothing and cannot be stored
 // changes nothing; anything else that cannot be stored is held.
-func (b *backend) keep(ctx context.Context, storage logical.Storage, prev, r *record, t trigger, marked bool, callErr error) (*record, error) {
+func (a *account) keep(ctx context.Context, storage logical.Storage, prev, r *record, t trigger, marked bool, callErr error) (*record, error) {
 	if r == prev {
 		return r, callErr
 	}
-	saved, err := b.store(ctx, storage, r)
+	saved, err := a.store(ctx, storage, r)
 	if err != nil {
 		if !marked && (t.kind == triggerCredential || t.kind == triggerTune) {
-			b.Logger().Error("config not stored; nothing changed", "error", err)
+			a.log().Error("config not stored; nothing changed", "error", err)
 			return prev, fmt.Errorf("storing the config failed, nothing changed: %w", err)
 		}
-		held := b.hold(r, err)
+		held := a.hold(r, err)
 		if callErr != nil {
 			return held, callErr
 		}
@@ -202,76 +206,90 @@ func (b *backend) keep(ctx context.Context, storage logical.Storage, prev, r *re
 
 // refuse answers a config write whose call failed: nothing changes but the
 // waits that call set, stored so that a looping script cannot make a storm.
-func (b *backend) refuse(ctx context.Context, storage logical.Storage, prev *record, marked bool, sentAt time.Time, err error) (*record, error) {
-	next := refused(prev, sentAt, b.now(), err)
-	b.Logger().Warn("config write: Teletracker call failed; nothing changed", "error", err)
-	saved, serr := b.store(ctx, storage, next)
+func (a *account) refuse(ctx context.Context, storage logical.Storage, prev *record, marked bool, sentAt time.Time, err error) (*record, error) {
+	next := refused(prev, sentAt, a.m.now(), err)
+	a.log().Warn("config write: Teletracker call failed; nothing changed", "error", err)
+	saved, serr := a.store(ctx, storage, next)
 	switch {
 	case serr == nil:
 		next = saved
 	case marked:
 		// The marker stands in storage: put it right later.
-		b.Logger().Error("putting back the previous record failed", "error", serr)
-		next = b.hold(next, serr)
+		a.log().Error("putting back the previous record failed", "error", serr)
+		next = a.hold(next, serr)
 	}
 	return next, err
 }
 
 // hold keeps r, which storage refused, in memory: served, stored before
 // anything else is done, and no call is made until it is.
-func (b *backend) hold(r *record, err error) *record {
+func (a *account) hold(r *record, err error) *record {
 	held := *r
 	held.unsaved = true
-	b.held.Store(&held)
-	b.Logger().Error("record not stored; holding it in memory and storing it before anything else", "error", err, "generation", r.Generation)
+	a.held.Store(&held)
+	a.log().Error("record not stored; holding it in memory and storing it before anything else", "error", err, "generation", r.Generation)
 	return &held
 }
 
 // load returns the record to act on: the held one (stored now, if this node
 // may write), else the stored one, moved from the v0.1.0 layout if need be.
-func (b *backend) load(ctx context.Context, storage logical.Storage) (*record, error) {
-	if h := b.held.Load(); h != nil {
-		if !b.WriteSafeReplicationState() {
+func (a *account) load(ctx context.Context, storage logical.Storage) (*record, error) {
+	if h := a.held.Load(); h != nil {
+		if !a.m.WriteSafeReplicationState() {
 			return h, nil
 		}
-		saved, err := b.store(ctx, storage, h)
+		saved, err := a.store(ctx, storage, h)
 		if err != nil {
 			return h, nil
 		}
-		b.Logger().Info("held record is now stored", "generation", h.Generation)
+		a.log().Info("held record is now stored", "generation", h.Generation)
 		return saved, nil
 	}
-	r, legacy, err := getRecord(ctx, storage)
-	if err != nil || !legacy || !b.WriteSafeReplicationState() {
+	r, legacy, err := getRecord(ctx, storage, a.key)
+	if r == nil && err == nil {
+		r = a.gone.Load() // a deleted account's waits, while they last
+	}
+	if err != nil || !legacy || !a.m.WriteSafeReplicationState() {
 		return r, err
 	}
-	if err := putRecord(ctx, storage, r); err != nil {
+	if err := putRecord(ctx, storage, a.key, r); err != nil {
 		return nil, fmt.Errorf("moving to the one-record layout: %w", err)
 	}
 	if err := deleteLegacy(ctx, storage); err != nil {
-		b.Logger().Warn("moved to the one-record layout; the v0.1.0 entries stay behind", "error", err)
+		a.log().Warn("moved to the one-record layout; the v0.1.0 entries stay behind", "error", err)
 	}
-	b.Logger().Info("moved the mount's storage to the one-record layout", "state", r.State)
+	a.log().Info("moved the mount's storage to the one-record layout", "state", r.State)
 	return r, nil
 }
 
 // store puts r, retrying with a doubling pause while ctx allows, and returns
 // r as stored. Once it succeeds, no record is held (r was made from it), and
-// the copy returned is not marked unsaved, whatever r was made from.
-func (b *backend) store(ctx context.Context, storage logical.Storage, r *record) (*record, error) {
+// the copy returned is not marked unsaved, whatever r was made from. A
+// named account without a config is stored by deleting its entry: what is
+// left of it, its waits, stays in memory (a.gone) while they last.
+func (a *account) store(ctx context.Context, storage logical.Storage, r *record) (*record, error) {
 	delay := saveRetryDelay
 	for i := 1; ; i++ {
-		err := putRecord(ctx, storage, r)
+		var err error
+		if a.name != "" && !r.configured() {
+			err = storage.Delete(ctx, a.key)
+		} else {
+			err = putRecord(ctx, storage, a.key, r)
+		}
 		if err == nil {
-			b.held.Store(nil)
+			a.held.Store(nil)
 			saved := *r
 			saved.unsaved = false
+			a.gone.Store(nil)
+			if !saved.configured() && a.name != "" {
+				a.gone.Store(&saved)
+			}
 			return &saved, nil
 		}
 		if i == saveAttempts {
 			return nil, err
 		}
-		if b.sleep(ctx, delay) != nil {
+		if a.m.sleep(ctx, delay) != nil {
 			return nil, err
 		}
 		delay *= 2
@@ -283,43 +301,44 @@ func (b *backend) store(ctx context.Context, storage logical.Storage, r *record)
 // could be sent: then nothing is sent, and the error is errNotSent. A
 // client that cannot be built is a failed call like any other, recorded
 // where status shows it.
-func (b *backend) call(ctx context.Context, cfg *config, kind actionKind, refreshToken string, sendBy time.Time) (*grant, error) {
+func (a *account) call(ctx context.Context, cfg *config, kind actionKind, refreshToken string, sendBy time.Time) (*grant, error) {
 	op := refreshPath
 	if kind == actLogin {
 		op = loginPath
 	}
-	b.Logger().Debug("calling teletracker", "op", op)
+	a.log().Debug("calling teletracker", "op", op)
 	var g *grant
-	c, err := b.clientFor(cfg)
+	c, done, err := a.m.proc.client(cfg, a.m.now, a.m.mono)
 	if err == nil {
-		if err = b.proc.send(ctx, b.mono, b.sleep); err != nil {
+		defer done()
+		if err = a.m.proc.send(ctx, a.m.mono, a.m.sleep); err != nil {
 			err = fmt.Errorf("%w: %v", errNotSent, err)
 		}
 	}
 	switch {
 	case err != nil:
-	case b.life.Err() != nil:
+	case a.m.life.Err() != nil:
 		err = fmt.Errorf("%w: %w", errNotSent, errCleaned) // Clean began since the turn
-	case !b.mono().Before(sendBy):
+	case !a.m.mono().Before(sendBy):
 		err = fmt.Errorf("%w: its marker was stored too late to send it within %s", errNotSent, sendWindow)
 	default:
 		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
-		start := b.mono()
-		b.lastCall = start
+		start := a.m.mono()
+		a.lastCall = start
 		if kind == actLogin {
 			g, err = c.login(ctx, cfg.Username, cfg.Password, cfg.AccountID)
 		} else {
 			g, err = c.refresh(ctx, refreshToken)
 		}
 		cancel()
-		b.metrics.observe(kind, b.mono().Sub(start), err)
+		a.m.metrics.observe(kind, a.m.mono().Sub(start), err)
 	}
 	switch {
 	case errors.Is(err, errNotSent):
 	case err != nil:
-		b.Logger().Warn("teletracker call failed", "op", op, "error", err)
+		a.log().Warn("teletracker call failed", "op", op, "error", err)
 	default:
-		b.Logger().Info("new token", "op", op, "lifetime", g.lifetime.String())
+		a.log().Info("new token", "op", op, "lifetime", g.lifetime.String())
 	}
 	return g, err
 }

@@ -119,7 +119,7 @@ func (e *testEnv) readLive() {
 	e.t.Helper()
 	resp, err := e.request(logical.ReadOperation, "token", nil)
 	if err != nil || resp.IsError() {
-		held := e.b.held.Load()
+		held := e.a().held.Load()
 		if held == nil {
 			held = e.stored()
 		}
@@ -393,7 +393,7 @@ func restart(t *testing.T, e *testEnv) *backend {
 	conf := logical.TestBackendConfig()
 	conf.StorageView = e.storage
 	conf.Logger = e.b.Logger()
-	b := newBackend(newProcess())
+	b := newBackend(newProcess(DefaultCallsPerSecond))
 	b.now, b.mono = e.clock.Now, e.clock.Mono
 	b.storage = e.storage
 	if err := b.Setup(context.Background(), conf); err != nil {
@@ -425,7 +425,7 @@ func TestUnsavedSessionHeldAndServed(t *testing.T) {
 	e.storage.skipPuts.Store(1)
 	e.storage.failPuts.Store(-1)
 	before := e.storage.puts.Load()
-	if _, err := e.b.apply(context.Background(), e.storage, trigger{kind: triggerTick}, nil); !errors.Is(err, errNotStored) {
+	if _, err := e.a().apply(context.Background(), e.storage, trigger{kind: triggerTick}, nil); !errors.Is(err, errNotStored) {
 		t.Fatalf("tick: %v", err)
 	}
 	if got := e.storage.puts.Load() - before; got != 1+saveAttempts {
@@ -587,7 +587,7 @@ func TestCallerLeavingDoesNotAbortRefresh(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(50*time.Millisecond, cancel)
 	e.clock.Add(time.Minute)
-	if _, err := e.b.apply(ctx, e.storage, trigger{kind: triggerRotate, at: e.clock.Now()}, nil); err != nil {
+	if _, err := e.a().apply(ctx, e.storage, trigger{kind: triggerRotate, at: e.clock.Now()}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if s := e.stored(); s.Generation != gen+1 || s.State != stateReady {
@@ -628,14 +628,14 @@ func TestDeleteDropsHeldSession(t *testing.T) {
 	e.storage.failPuts.Store(-1)
 	_ = e.tick()
 	e.storage.failPuts.Store(0)
-	if e.b.held.Load() == nil {
+	if e.a().held.Load() == nil {
 		t.Fatal("setup: no session held")
 	}
 	e.mustRequest(logical.DeleteOperation, "config", nil)
 	e.clock.Add(minCallInterval)
 	e.configure(nil)
 	_ = e.tick()
-	if s := e.stored(); s.Generation != 1 || e.b.held.Load() != nil {
+	if s := e.stored(); s.Generation != 1 || e.a().held.Load() != nil {
 		t.Fatalf("the deleted session came back: generation %d", s.Generation)
 	}
 }
@@ -745,7 +745,7 @@ func TestConfigWriteSupersedesHeldSession(t *testing.T) {
 	e.storage.skipPuts.Store(1)
 	e.storage.failPuts.Store(-1)
 	_ = e.tick()
-	if e.b.held.Load() == nil {
+	if e.a().held.Load() == nil {
 		t.Fatal("setup: no session held")
 	}
 	e.storage.failPuts.Store(1) // the held session's store fails once more
@@ -753,7 +753,7 @@ func TestConfigWriteSupersedesHeldSession(t *testing.T) {
 	seed, _ := e.fake.NewSession("demo")
 	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"refresh_token": seed})
 	seeded := e.stored()
-	if e.b.held.Load() != nil {
+	if e.a().held.Load() != nil {
 		t.Fatal("the superseded session is still held")
 	}
 	e.clock.Add(time.Minute)
@@ -772,13 +772,13 @@ func TestFailedDeleteKeepsHeldRecord(t *testing.T) {
 	e.storage.skipPuts.Store(1)
 	e.storage.failPuts.Store(-1)
 	_ = e.tick()
-	if e.b.held.Load() == nil {
+	if e.a().held.Load() == nil {
 		t.Fatal("setup: no record held")
 	}
 	if resp, err := e.request(logical.DeleteOperation, "config", nil); statusOf(resp, err) != http.StatusInternalServerError {
 		t.Fatalf("resp=%v err=%v", resp, err)
 	}
-	if e.b.held.Load() == nil {
+	if e.a().held.Load() == nil {
 		t.Fatal("a failed delete dropped the held record")
 	}
 	e.storage.failPuts.Store(0)
@@ -796,7 +796,7 @@ func (e *testEnv) holdOverMarker() {
 	e.storage.skipPuts.Store(1)
 	e.storage.failPuts.Store(-1)
 	_ = e.tick()
-	if e.b.held.Load() == nil {
+	if e.a().held.Load() == nil {
 		e.t.Fatal("setup: no record held")
 	}
 }
@@ -829,7 +829,7 @@ func TestTuneWriteOverHeldRecordKeepsRefreshing(t *testing.T) {
 	e.storage.failPuts.Store(saveAttempts) // load cannot store it; the write's own Put can
 	e.clock.Add(time.Minute)
 	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"refresh_margin": "15m"})
-	if e.b.held.Load() != nil || e.stored().State != stateReady {
+	if e.a().held.Load() != nil || e.stored().State != stateReady {
 		t.Fatal("setup: the tune write did not store the held record")
 	}
 	e.wantRefreshesGoOn()

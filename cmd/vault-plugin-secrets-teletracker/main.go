@@ -3,6 +3,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	hclog "github.com/hashicorp/go-hclog"
@@ -14,11 +15,19 @@ import (
 
 func main() {
 	meta := &api.PluginAPIClientMeta{}
-	if err := meta.FlagSet().Parse(os.Args[1:]); err != nil {
+	flags := meta.FlagSet()
+	// vault plugin register -args=-calls-per-second=N raises the budget,
+	// where Teletracker grants this client a higher rate limit.
+	callsPerSecond := flags.Float64("calls-per-second", teletracker.DefaultCallsPerSecond,
+		"at most this many calls a second reach Teletracker, all mounts and accounts of the plugin together")
+	if err := flags.Parse(os.Args[1:]); err != nil {
 		fatal(err)
 	}
+	if *callsPerSecond < 1 || *callsPerSecond > 1000 {
+		fatal(fmt.Errorf("-calls-per-second must be between 1 and 1000, not %v", *callsPerSecond))
+	}
 	err := plugin.ServeMultiplex(&plugin.ServeOpts{
-		BackendFactoryFunc: teletracker.NewFactory(),
+		BackendFactoryFunc: teletracker.NewFactory(*callsPerSecond),
 		// For Vault versions without plugin AutoMTLS.
 		TLSProviderFunc: api.VaultPluginTLSProvider(meta.GetTLSConfig()),
 	})
