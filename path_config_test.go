@@ -697,8 +697,9 @@ func TestStoredCredentialsNeverSentUnderNewCA(t *testing.T) {
 	e.wantNoReuse()
 }
 
-// testCA is a new CA, as PEM, and a certificate it issued for 127.0.0.1.
-func testCA(t *testing.T) (string, tls.Certificate) {
+// testCA is a new CA, as PEM, and a certificate it issued for 127.0.0.1
+// and dnsNames.
+func testCA(t *testing.T, dnsNames ...string) (string, tls.Certificate) {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -721,7 +722,7 @@ func testCA(t *testing.T) (string, tls.Certificate) {
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: dnsNames, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		KeyUsage: x509.KeyUsageDigitalSignature,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
