@@ -176,7 +176,7 @@ func (b *backend) clean(ctx context.Context) {
 		}
 	}
 	if b.client != nil {
-		b.proc.release(b.client.caPEM)
+		b.proc.release(b.client.shared)
 		b.client = nil
 	}
 }
@@ -187,12 +187,12 @@ func (b *backend) clientFor(cfg *config) (*client, error) {
 	if b.client != nil && b.client.serves(cfg) {
 		return b.client, nil
 	}
-	t, err := b.proc.transport(cfg.CACert)
+	t, err := b.proc.transport(transportFor(cfg))
 	if err != nil {
 		return nil, err
 	}
 	if b.client != nil {
-		b.proc.release(b.client.caPEM)
+		b.proc.release(b.client.shared)
 	}
 	b.client = newClient(cfg, t, b.now)
 	return b.client, nil

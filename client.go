@@ -114,8 +114,8 @@ type client struct {
 	http *http.Client
 	// now is Vault's clock, for an HTTP-date Retry-After.
 	now func() time.Time
-	// caPEM is the ca_cert of the process's transport it uses.
-	caPEM string
+	// shared names the process's transport it uses.
+	shared transportKey
 }
 
 // newClient is a client for cfg over transport (the process's, for cfg's
@@ -131,14 +131,14 @@ func newClient(cfg *config, transport *http.Transport, now func() time.Time) *cl
 				return http.ErrUseLastResponse
 			},
 		},
-		now:   now,
-		caPEM: cfg.CACert,
+		now:    now,
+		shared: transportFor(cfg),
 	}
 }
 
 // serves reports whether c is what newClient builds for cfg.
 func (c *client) serves(cfg *config) bool {
-	return c.baseURL == strings.TrimRight(cfg.BaseURL, "/") && c.http.Timeout == cfg.RequestTimeout && c.caPEM == cfg.CACert
+	return c.baseURL == strings.TrimRight(cfg.BaseURL, "/") && c.http.Timeout == cfg.RequestTimeout && c.shared == transportFor(cfg)
 }
 
 // certPool is the system roots plus caPEM's certificates (nil for none: TLS

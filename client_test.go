@@ -110,12 +110,13 @@ func TestParseResponseAny2xxIsProcessed(t *testing.T) {
 // testClient is a client for url with a 2 s timeout.
 func testClient(t *testing.T, url string) *client {
 	t.Helper()
-	tr, err := newProcess().transport("")
+	cfg := &config{BaseURL: url, RequestTimeout: 2 * time.Second}
+	tr, err := newProcess().transport(transportFor(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(tr.CloseIdleConnections)
-	return newClient(&config{BaseURL: url, RequestTimeout: 2 * time.Second}, tr, time.Now)
+	return newClient(cfg, tr, time.Now)
 }
 
 func TestClientDoesNotFollowRedirects(t *testing.T) {
@@ -401,12 +402,13 @@ func TestTransportErrorsHoldNoServerText(t *testing.T) {
 	srv.Config.ErrorLog = discardLog()
 	srv.StartTLS()
 	defer srv.Close()
-	tr, err := newProcess().transport(caPEM)
+	cfg := &config{BaseURL: strings.Replace(srv.URL, "127.0.0.1", "localhost", 1), RequestTimeout: 2 * time.Second, CACert: caPEM}
+	tr, err := newProcess().transport(transportFor(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.CloseIdleConnections()
-	named := newClient(&config{BaseURL: strings.Replace(srv.URL, "127.0.0.1", "localhost", 1), RequestTimeout: 2 * time.Second, CACert: caPEM}, tr, time.Now)
+	named := newClient(cfg, tr, time.Now)
 
 	cases := []struct {
 		name   string

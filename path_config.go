@@ -80,7 +80,7 @@ var configFields = map[string]*framework.FieldSchema{
 	"base_url": {
 		Type:        framework.TypeString,
 		Default:     defaultBaseURL,
-		Description: "Teletracker API base URL. Must be https://; http:// is accepted only for loopback hosts.",
+		Description: "Teletracker API base URL. Must be https://; http:// is accepted only for loopback hosts, and is sent only to a loopback address, never through a proxy.",
 	},
 	"username": {
 		Type:        framework.TypeString,

@@ -418,7 +418,7 @@ func FuzzConfigWrite(f *testing.F) {
 		if c.AccountID < 0 || (r.State != stateReady && (c.Username == "" || c.Password == "")) {
 			t.Fatalf("accepted %+v", c)
 		}
-		if _, err := newProcess().transport(c.CACert); err != nil {
+		if _, err := newProcess().transport(transportFor(c)); err != nil {
 			t.Fatalf("accepted a config no client can be built from: %v", err)
 		}
 	})

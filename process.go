@@ -3,10 +3,13 @@ package teletracker
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -16,7 +19,8 @@ import (
 // process.go holds what the plugin process shares among its mounts (one
 // process serves every mount of the engine): the pacer that keeps the calls
 // of all mounts together under maxCallRate, and the HTTP transports, one per
-// ca_cert, so that connections and TLS state do not grow with the mounts.
+// ca_cert (and one for plain http), so that connections and TLS state do not
+// grow with the mounts.
 // NewFactory makes it once; there is no package state.
 
 const (
@@ -42,9 +46,9 @@ type process struct {
 	pacer *rate.Limiter
 	// mu guards transports.
 	mu sync.Mutex
-	// transports are the HTTP transports by ca_cert ("" for none), with
-	// the number of mounts using each.
-	transports map[string]*sharedTransport
+	// transports are the HTTP transports by what they serve, with the
+	// number of mounts using each.
+	transports map[transportKey]*sharedTransport
 	// released is when memory was last released (memory.go), on mono.
 	released atomic.Pointer[time.Time]
 	// sendMu orders the sends; lastSend is when the last one went.
@@ -53,7 +57,20 @@ type process struct {
 }
 
 func newProcess() *process {
-	return &process{pacer: rate.NewLimiter(maxCallRate, 1), transports: map[string]*sharedTransport{}}
+	return &process{pacer: rate.NewLimiter(maxCallRate, 1), transports: map[transportKey]*sharedTransport{}}
+}
+
+// transportKey names one of the process's transports: the ca_cert it
+// trusts ("" for none), and whether it carries plain http.
+type transportKey struct {
+	caPEM string
+	plain bool
+}
+
+// transportFor is the key of the transport cfg's client uses. Anything but
+// an https base_url is plain, and so held to loopback addresses.
+func transportFor(cfg *config) transportKey {
+	return transportKey{caPEM: cfg.CACert, plain: !strings.HasPrefix(cfg.BaseURL, "https://")}
 }
 
 // sharedTransport is one transport and how many mounts use it.
@@ -138,24 +155,36 @@ func (p *process) send(ctx context.Context) error {
 	return nil
 }
 
-// transport is the process's HTTP transport for ca_cert caPEM, for one more
-// mount; release gives it back.
-func (p *process) transport(caPEM string) (*http.Transport, error) {
+// transport is the process's HTTP transport for key, for one more mount;
+// release gives it back.
+//
+// The plain-http transport sends credentials in cleartext, so it connects
+// to loopback addresses only (loopbackOnly: the address dialled, whatever
+// /etc/hosts or DNS made of "localhost"), and never through a proxy, which
+// would receive them in cleartext: it dials base_url's host itself.
+// (Go's ProxyFromEnvironment skips loopback hosts already, but not
+// "LOCALHOST".) The https transports use the environment's proxy.
+func (p *process) transport(key transportKey) (*http.Transport, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s := p.transports[caPEM]; s != nil {
+	if s := p.transports[key]; s != nil {
 		s.users++
 		return s.t, nil
 	}
-	pool, err := certPool(caPEM)
+	pool, err := certPool(key.caPEM)
 	if err != nil {
 		return nil, err
 	}
 	// Each call is bounded by its mount's request_timeout (the client's
 	// timeout and its context); these bound the steps for every mount.
+	dialer := &net.Dialer{Timeout: maxRequestTimeout, KeepAlive: 30 * time.Second}
+	proxy := http.ProxyFromEnvironment
+	if key.plain {
+		dialer.Control, proxy = loopbackOnly, nil
+	}
 	t := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: maxRequestTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy:                 proxy,
+		DialContext:           dialer.DialContext,
 		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   maxRequestTimeout,
 		ResponseHeaderTimeout: maxRequestTimeout,
@@ -163,19 +192,30 @@ func (p *process) transport(caPEM string) (*http.Transport, error) {
 		IdleConnTimeout:       90 * time.Second,
 		ForceAttemptHTTP2:     true,
 	}
-	p.transports[caPEM] = &sharedTransport{t: t, users: 1}
+	p.transports[key] = &sharedTransport{t: t, users: 1}
 	return t, nil
 }
 
-// release gives back a mount's use of the transport for caPEM; the last
-// one closes its connections and drops it.
-func (p *process) release(caPEM string) {
+// loopbackOnly is the plain-http dialer's Control: it refuses any address
+// but a loopback one, before connecting. address is the IP and port being
+// dialled, after the name was resolved.
+func loopbackOnly(_, address string, _ syscall.RawConn) error {
+	host, _, err := net.SplitHostPort(address)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("plain http is sent to loopback addresses only, and %s is not one", address)
+	}
+	return nil
+}
+
+// release gives back a mount's use of the transport for key; the last one
+// closes its connections and drops it.
+func (p *process) release(key transportKey) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s := p.transports[caPEM]; s != nil {
+	if s := p.transports[key]; s != nil {
 		if s.users--; s.users <= 0 {
 			s.t.CloseIdleConnections()
-			delete(p.transports, caPEM)
+			delete(p.transports, key)
 		}
 	}
 }
