@@ -153,6 +153,9 @@ func TestImage(t *testing.T) {
 			if cfg.OS != p.os || cfg.Architecture != p.arch || strings.Join(cfg.Config.Entrypoint, " ") != "/bin/"+pluginName {
 				t.Errorf("config is %s/%s with entrypoint %q", cfg.OS, cfg.Architecture, cfg.Config.Entrypoint)
 			}
+			if cfg.Config.User != "65532:65532" {
+				t.Errorf("the image runs as user %q, want the non-root 65532:65532", cfg.Config.User)
+			}
 			for k, v := range wantLabels {
 				if cfg.Config.Labels[k] != v {
 					t.Errorf("label %s = %q, want %q", k, cfg.Config.Labels[k], v)
