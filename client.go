@@ -280,8 +280,8 @@ func certText(err error) string {
 }
 
 // connText is what can be said safely of a broken connection, as ": why",
-// or "" : an operating system's error, whose text comes from a fixed table,
-// or an end of the stream.
+// or else "": an operating system's error, whose text comes from a fixed
+// table, or an end of the stream.
 func connText(err error) string {
 	var errno syscall.Errno
 	switch {
@@ -432,6 +432,8 @@ func errorCode(sb *sessionBody, secret string) string {
 	return ""
 }
 
+// isErrorCode reports whether c is shaped like an error code, as errorCode
+// says, and shares no three characters in a row with secret.
 func isErrorCode(c, secret string) bool {
 	if c == "" || len(c) > maxErrorCode || c[0] == '_' || c[0] == '.' || c[len(c)-1] == '_' || c[len(c)-1] == '.' {
 		return false

@@ -89,8 +89,8 @@ func TestLoopbackOnly(t *testing.T) {
 // loopback address only. The plain-http transport refuses, before
 // connecting, an address that is not loopback (the check sees the address
 // a name such as "localhost" resolved to, so this is what DNS deciding
-// would give), and uses no proxy; localhost works, and https transports are
-// not held to it.
+// would give), and uses no proxy; 127.0.0.1 and localhost work, and https
+// transports are not held to it.
 func TestPlainHTTPDialsLoopbackOnly(t *testing.T) {
 	p := newProcess()
 	plain, err := p.transport(transportKey{plain: true})
@@ -111,9 +111,11 @@ func TestPlainHTTPDialsLoopbackOnly(t *testing.T) {
 	}
 	defer local.Close()
 	_, port, _ := net.SplitHostPort(local.Addr().String())
-	if c, err := plain.DialContext(ctx, "tcp", net.JoinHostPort("localhost", port)); err != nil {
-		t.Fatalf("localhost: %v", err)
-	} else {
+	for _, addr := range []string{local.Addr().String(), net.JoinHostPort("localhost", port)} {
+		c, err := plain.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			t.Fatalf("%s: %v", addr, err)
+		}
 		c.Close()
 	}
 
