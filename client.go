@@ -15,8 +15,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
-	"unicode"
 )
 
 // client.go holds the Teletracker HTTP client: one login or refresh call at a
@@ -28,7 +28,7 @@ const (
 	maxResponseBytes = 1 << 20        // larger bodies are refused
 	maxRetryAfter    = time.Hour      // a longer Retry-After is read as an hour
 	maxTokenLifetime = 24 * time.Hour // a longer tokenLifetime is not believed
-	maxErrorText     = 200            // characters of an upstream message kept in an error
+	maxErrorCode     = 64             // characters of an error code kept (errorCode)
 )
 
 // failureKind says what a failed call means for the credential sent.
@@ -47,8 +47,11 @@ const (
 	refreshPath = "/auth/refresh"
 )
 
-// upstreamError is a failed login or refresh. Its text never holds a secret:
-// anything Teletracker says is redacted and cut short before it gets here.
+// upstreamError is a failed login or refresh. Its text never holds a secret,
+// because it holds none of the server's words: the HTTP status, the engine's
+// own words for it, and at most an error code of a shape no secret has
+// (errorCode). Teletracker's error text may echo what it was sent, in any
+// encoding or cut anywhere, so no redaction could be proven to catch it.
 type upstreamError struct {
 	kind failureKind
 	// op is the endpoint called, such as "/auth/refresh".
@@ -57,7 +60,7 @@ type upstreamError struct {
 	status int
 	// retryAfter is the wait Teletracker asked for with 429, 0 if none.
 	retryAfter time.Duration
-	// detail is a short, secret-free description.
+	// detail is the engine's own description.
 	detail string
 }
 
@@ -183,8 +186,8 @@ func (c *client) refresh(ctx context.Context, refreshToken string) (*grant, erro
 	return c.call(ctx, refreshPath, url.Values{"refresh_token": {refreshToken}}, refreshToken)
 }
 
-// call posts form to op and parses the answer. secret is redacted from any
-// text Teletracker sends back.
+// call posts form to op and parses the answer. secret is the credential
+// sent, which no error code Teletracker answers with may share text with.
 func (c *client) call(ctx context.Context, op string, form url.Values, secret string) (*grant, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+op, strings.NewReader(form.Encode()))
 	if err != nil {
@@ -201,7 +204,7 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
 	if err != nil {
 		return nil, &upstreamError{kind: failUnknown, op: op, status: resp.StatusCode,
-			detail: "reading the response failed: " + safeText(err.Error(), secret)}
+			detail: "reading the response failed" + connText(err)}
 	}
 	if len(body) > maxResponseBytes {
 		return nil, &upstreamError{kind: failUnknown, op: op, status: resp.StatusCode, detail: "response body over 1 MiB refused"}
@@ -216,6 +219,15 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 
 // transportError classifies an error from the HTTP round trip. Only a
 // failure to connect proves the request was never sent.
+//
+// Go's own texts for what happens once connected quote the server: its
+// status line ("malformed HTTP response %q"), a header line, an HTTP/2
+// GOAWAY's debug data, the names in its certificate. So only a dial error
+// keeps Go's text, written before the server sent a byte (the operating
+// system's, the resolver's, or loopbackOnly's, naming only base_url's host or
+// the proxy's); the rest is told in the engine's words (certText, connText).
+// No text here holds the request's URL (url.Error is not used, and base_url
+// holds no credentials or query anyway) or its body.
 func transportError(op string, err error) *upstreamError {
 	ue := &upstreamError{kind: failUnknown, op: op}
 	var opErr *net.OpError
@@ -225,26 +237,56 @@ func transportError(op string, err error) *upstreamError {
 	switch {
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		ue.kind = failTransient
-		ue.detail = "cannot connect: " + safeText(opErr.Err.Error(), "")
-	case errors.As(err, &certErr) || errors.As(err, &recordErr):
+		ue.detail = "cannot connect: " + opErr.Err.Error()
+	case errors.As(err, &certErr):
 		ue.kind = failTransient
-		ue.detail = "TLS handshake failed: " + safeText(err.Error(), "")
+		ue.detail = "TLS handshake failed: " + certText(certErr.Err)
+	case errors.As(err, &recordErr):
+		ue.kind = failTransient
+		ue.detail = "TLS handshake failed: the server did not answer with TLS"
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
 		ue.detail = "request timed out; the outcome is unknown"
 	case errors.Is(err, context.Canceled):
 		ue.detail = "request cancelled; the outcome is unknown"
 	default:
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		ue.detail = "request failed; the outcome is unknown: " + safeText(err.Error(), "")
+		ue.detail = "request failed; the outcome is unknown" + connText(err)
 	}
 	return ue
 }
 
+// certText says why the server's certificate was not trusted, naming only
+// the host asked for, never what the certificate says.
+func certText(err error) string {
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &unknown):
+		return "certificate signed by an unknown authority (see ca_cert)"
+	case errors.As(err, &host):
+		return "certificate not valid for " + host.Host
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		return "certificate expired or not yet valid"
+	}
+	return "certificate not trusted"
+}
+
+// connText is what can be said safely of a broken connection, as ": why",
+// or else "": an operating system's error, whose text comes from a fixed
+// table, or an end of the stream.
+func connText(err error) string {
+	var errno syscall.Errno
+	switch {
+	case errors.As(err, &errno):
+		return ": " + errno.Error()
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return ": connection closed before the answer was complete"
+	}
+	return ""
+}
+
 // parseResponse turns one HTTP answer into a grant or an upstreamError; now
-// reads an HTTP-date Retry-After, secret is redacted from Teletracker's text.
+// reads an HTTP-date Retry-After, secret is the credential sent (errorCode).
 // A 2xx answer that is not a complete session is a failed call, but one that
 // carries a new refresh token was processed, whatever its success says: it
 // returns the refresh token beside the error, as the way on.
@@ -257,17 +299,15 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 	}
 
 	if status < 200 || status > 299 { // any 2xx is processed, though the API documents 200
-		ue := &upstreamError{kind: failTransient, status: status}
+		ue := &upstreamError{kind: failTransient, status: status, detail: statusText(status)}
 		switch {
 		case status == http.StatusBadRequest || status == http.StatusUnauthorized || status == http.StatusForbidden:
 			ue.kind = failRejected
 		case status == http.StatusTooManyRequests:
 			ue.retryAfter = parseRetryAfter(retryAfter, now)
-		case status >= 300 && status < 400:
-			ue.detail = "unexpected redirect"
 		}
-		if decodeErr == nil && ue.detail == "" {
-			ue.detail = upstreamMessage(&sb, secret)
+		if decodeErr == nil {
+			ue.detail += errorCode(&sb, secret)
 		}
 		return nil, ue
 	}
@@ -282,11 +322,7 @@ func parseResponse(status int, retryAfter string, body []byte, now time.Time, se
 	switch {
 	case string(sb.Success) == "true":
 	case sb.RefreshToken == "":
-		detail := upstreamMessage(&sb, secret)
-		if detail == "" {
-			detail = "success is not true"
-		}
-		return nil, &upstreamError{kind: failTransient, status: status, detail: "call failed: " + detail}
+		return nil, &upstreamError{kind: failTransient, status: status, detail: "call failed: success is not true" + errorCode(&sb, secret)}
 	case string(sb.Success) != "false":
 		// An answer that carries a refresh token was processed, whatever
 		// else it says: the refresh token sent is spent, this one is the
@@ -363,30 +399,64 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 	return min(max(d, 0), maxRetryAfter)
 }
 
-// upstreamMessage is Teletracker's own error text, made safe to show.
-func upstreamMessage(sb *sessionBody, secret string) string {
-	if sb.Error != "" {
-		return safeText(sb.Error, secret)
+// statusText is the engine's own word for an HTTP status that is not 2xx.
+func statusText(status int) string {
+	switch {
+	case status == http.StatusBadRequest:
+		return "bad request, or credential refused"
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		return "credential refused"
+	case status == http.StatusNotFound:
+		return "not found (is base_url the Teletracker API?)"
+	case status == http.StatusTooManyRequests:
+		return "rate limited"
+	case status >= 300 && status < 400:
+		return "unexpected redirect"
+	case status >= 500:
+		return "server error"
+	case status >= 400:
+		return "request refused"
 	}
-	return safeText(sb.Message, secret)
+	return "unexpected status"
 }
 
-// safeText makes text from outside safe for an error or a log line: secret
-// (when not empty) is redacted, and what is left is cut to one short line of
-// printable characters.
-func safeText(s, secret string) string {
-	if secret != "" {
-		s = strings.ReplaceAll(s, secret, "[redacted]")
-		s = strings.ReplaceAll(s, url.QueryEscape(secret), "[redacted]")
-	}
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsPrint(r) {
-			return r
+// errorCode is the machine-readable code in Teletracker's error (or else
+// message) field, as " (code x)", or "" when neither holds one. A code is
+// words of letters joined by '_' or '.', up to maxErrorCode characters,
+// that shares no three characters in a row with secret (case aside): so it
+// can be neither the credential sent nor a piece of it, in any encoding (an
+// encoded character is never a letter), and a token or session guid, a
+// UUID, cannot be one (it holds hyphens and digits). Anything else is text,
+// and dropped.
+func errorCode(sb *sessionBody, secret string) string {
+	for _, c := range []string{sb.Error, sb.Message} {
+		if isErrorCode(c, secret) {
+			return " (code " + c + ")"
 		}
-		return ' '
-	}, s)
-	if r := []rune(s); len(r) > maxErrorText {
-		s = string(r[:maxErrorText]) + "…"
 	}
-	return s
+	return ""
+}
+
+// isErrorCode reports whether c is shaped like an error code, as errorCode
+// says, and shares no three characters in a row with secret.
+func isErrorCode(c, secret string) bool {
+	if c == "" || len(c) > maxErrorCode || c[0] == '_' || c[0] == '.' || c[len(c)-1] == '_' || c[len(c)-1] == '.' {
+		return false
+	}
+	for i := 0; i < len(c); i++ {
+		switch ch := c[i]; {
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z':
+		case (ch == '_' || ch == '.') && c[i-1] != '_' && c[i-1] != '.':
+		default:
+			return false
+		}
+	}
+	lc, ls := strings.ToLower(c), strings.ToLower(secret)
+	n := min(3, len(ls))
+	for i := 0; i+n <= len(ls) && n > 0; i++ {
+		if strings.Contains(lc, ls[i:i+n]) {
+			return false
+		}
+	}
+	return true
 }

@@ -2,14 +2,23 @@ package teletracker
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/teletracker/vault-plugin-secrets-teletracker/internal/fakett"
 )
 
 func okBody(extra string) []byte {
@@ -42,21 +51,21 @@ func TestParseResponseClasses(t *testing.T) {
 		salvage     bool
 		errContains string
 	}{
-		{name: "400 names the problem", status: 400, body: `{"success":false,"error":"missing parameter: refresh_token"}`, kind: failRejected, errContains: "HTTP 400: missing parameter: refresh_token"},
-		{name: "401", status: 401, body: `{"success":false,"message":"token already used"}`, kind: failRejected, errContains: "token already used"},
-		{name: "403 no body", status: 403, kind: failRejected, errContains: "HTTP 403"},
-		{name: "404", status: 404, body: "<html>", kind: failTransient},
+		{name: "400 in the engine's words", status: 400, body: `{"success":false,"error":"missing parameter: refresh_token"}`, kind: failRejected, errContains: "HTTP 400: bad request, or credential refused"},
+		{name: "401 with a code", status: 401, body: `{"success":false,"error":"token already used","message":"token_used"}`, kind: failRejected, errContains: "HTTP 401: credential refused (code token_used)"},
+		{name: "403 no body", status: 403, kind: failRejected, errContains: "HTTP 403: credential refused"},
+		{name: "404", status: 404, body: "<html>", kind: failTransient, errContains: "HTTP 404: not found"},
 		{name: "302", status: 302, kind: failTransient, errContains: "unexpected redirect"},
 		{name: "429 seconds", status: 429, retryAfter: "120", kind: failTransient, retry: 2 * time.Minute},
 		{name: "429 date", status: 429, retryAfter: testStart.Add(90 * time.Second).Format(http.TimeFormat), kind: failTransient, retry: 90 * time.Second},
 		{name: "429 huge", status: 429, retryAfter: "999999999999", kind: failTransient, retry: maxRetryAfter},
 		{name: "429 garbage", status: 429, retryAfter: "soon", kind: failTransient},
-		{name: "500", status: 500, kind: failTransient},
-		{name: "503", status: 503, body: `{"success":false,"error":"maintenance"}`, kind: failTransient, errContains: "maintenance"},
+		{name: "500", status: 500, kind: failTransient, errContains: "HTTP 500: server error"},
+		{name: "503", status: 503, body: `{"success":false,"error":"maintenance"}`, kind: failTransient, errContains: "HTTP 503: server error (code maintenance)"},
 		{name: "malformed", status: 200, body: `{"success":tru`, kind: failUnknown, errContains: "malformed JSON"},
 		{name: "not json", status: 200, body: `<html>hello</html>`, kind: failUnknown},
 		{name: "huge lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":1e30}`, kind: failTransient, salvage: true, errContains: "implausibly long"},
-		{name: "success false", status: 200, body: `{"success":false,"error":"nope"}`, kind: failTransient, errContains: "call failed: nope"},
+		{name: "success false", status: 200, body: `{"success":false,"error":"nope"}`, kind: failTransient, errContains: "call failed: success is not true (code nope)"},
 		// An answer that carries a refresh token was processed, whatever its
 		// success says: the new refresh token is kept.
 		{name: "success missing", status: 200, body: `{"token":"a","refreshToken":"b","tokenLifetime":5}`, kind: failTransient, salvage: true, errContains: "no boolean success"},
@@ -116,12 +125,13 @@ func TestParseResponseAny2xxIsProcessed(t *testing.T) {
 // testClient is a client for url with a 2 s timeout.
 func testClient(t *testing.T, url string) *client {
 	t.Helper()
-	tr, err := newProcess(DefaultCallsPerSecond).transport("")
+	cfg := &config{BaseURL: url, RequestTimeout: 2 * time.Second}
+	tr, err := newProcess(DefaultCallsPerSecond).transport(transportFor(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(tr.CloseIdleConnections)
-	return newClient(&config{BaseURL: url, RequestTimeout: 2 * time.Second}, tr, time.Now)
+	return newClient(cfg, tr, time.Now)
 }
 
 func TestClientDoesNotFollowRedirects(t *testing.T) {
@@ -198,40 +208,59 @@ func TestParseResponseLifetimeAsString(t *testing.T) {
 	}
 }
 
-func TestParseResponseRedactsSecret(t *testing.T) {
-	body := `{"success":false,"error":"refresh token rt-secret-123 is not valid` + strings.Repeat("!", 500) + `"}`
-	_, err := parseResponse(401, "", []byte(body), testStart, "rt-secret-123")
-	if strings.Contains(err.Error(), "rt-secret-123") || !strings.Contains(err.Error(), "[redacted]") {
-		t.Fatalf("not redacted: %v", err)
+// TestErrorCode: only a word-like code of Teletracker's is kept, never text,
+// a UUID, or anything that shares three characters in a row with the
+// credential sent.
+func TestErrorCode(t *testing.T) {
+	const secret = "Hunter-Two"
+	cases := []struct {
+		error, message, want string
+	}{
+		{"invalid_grant", "", " (code invalid_grant)"},
+		{"", "Auth.Failed", " (code Auth.Failed)"},
+		{"Token already used", "token_used", " (code token_used)"},
+		{"token_used", "token_spent", " (code token_used)"},
+		{"invalid credentials", "", ""},
+		{"E1001", "", ""},
+		{"174fb2d3-22a6-4db5-b7cd-4c3c1d7d0e51", "", ""},
+		{"ffffffff-ffff-ffff-ffff-ffffffffffff", "", ""},
+		{"_private", "trailing_", ""},
+		{"a__b", "a..b", ""},
+		{strings.Repeat("a", maxErrorCode), "", " (code " + strings.Repeat("a", maxErrorCode) + ")"},
+		{strings.Repeat("a", maxErrorCode+1), "", ""},
+		{"hunter", "", ""},
+		{"bad_HUN", "", ""},
+		{"wrong_two", "", ""},
+		{"unknown_user", "", " (code unknown_user)"},
+		{"codeé", "", ""},
 	}
-	if len(err.Error()) > 300 {
-		t.Fatalf("not cut short: %d bytes", len(err.Error()))
+	for _, tc := range cases {
+		if got := errorCode(&sessionBody{Error: tc.error, Message: tc.message}, secret); got != tc.want {
+			t.Errorf("error %q message %q: %q, want %q", tc.error, tc.message, got, tc.want)
+		}
 	}
 }
 
-func TestSafeTextCutsAfterRedacting(t *testing.T) {
-	secret := "SECRETSECRET"
-	s := safeText(strings.Repeat("a", maxErrorText-4)+secret+"\n\x00tail", secret)
-	if strings.Contains(s, "SECR") || strings.ContainsAny(s, "\n\x00") {
-		t.Fatalf("%q", s)
-	}
-}
+// fuzzCode finds the code an error ends with.
+var fuzzCode = regexp.MustCompile(` \(code ([^ ]*)\)$`)
 
-// FuzzParseResponse: no input panics the parser, and whatever it accepts is a
-// complete session with a sane lifetime.
+// FuzzParseResponse: no input panics the parser, whatever it accepts is a
+// complete session with a sane lifetime, and whatever it refuses it says in
+// the engine's words, with at most a code from the body.
 func FuzzParseResponse(f *testing.F) {
-	f.Add(200, "", string(okBody("")))
-	f.Add(200, "", `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":"3600"}`)
-	f.Add(200, "", `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":1e309}`)
-	f.Add(200, "", `{"success":true,"token":"","refreshToken":"b","tokenLifetime":-1}`)
-	f.Add(200, "", `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":3600,"tokenExpiration":"x","refreshTokenExpiration":"2018-05-01T21:39:12Z"}`)
-	f.Add(429, "Wed, 21 Oct 2015 07:28:00 GMT", `{}`)
-	f.Add(401, "", `{"success":false,"error":"\u0000\u001b[31m"}`)
-	f.Add(500, "-1", "")
-	f.Add(200, "", "null")
-	f.Add(200, "", "[]")
-	f.Fuzz(func(t *testing.T, status int, retryAfter, body string) {
-		g, err := parseResponse(status, retryAfter, []byte(body), testStart, "")
+	f.Add(200, "", string(okBody("")), "")
+	f.Add(200, "", `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":"3600"}`, "")
+	f.Add(200, "", `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":1e309}`, "")
+	f.Add(200, "", `{"success":true,"token":"","refreshToken":"b","tokenLifetime":-1}`, "")
+	f.Add(200, "", `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":3600,"tokenExpiration":"x","refreshTokenExpiration":"2018-05-01T21:39:12Z"}`, "")
+	f.Add(429, "Wed, 21 Oct 2015 07:28:00 GMT", `{}`, "")
+	f.Add(401, "", `{"success":false,"error":"\u0000\u001b[31m"}`, "")
+	f.Add(401, "", `{"success":false,"error":"pass_word","message":"refused p\u0026ss_word"}`, "p&ss_word")
+	f.Add(500, "-1", "", "")
+	f.Add(200, "", "null", "")
+	f.Add(200, "", "[]", "")
+	f.Fuzz(func(t *testing.T, status int, retryAfter, body, secret string) {
+		g, err := parseResponse(status, retryAfter, []byte(body), testStart, secret)
 		if err == nil {
 			if status < 200 || status > 299 || g == nil || g.token == "" || g.refreshToken == "" || g.lifetime < time.Second || g.lifetime > maxTokenLifetime || g.refreshLifetime < 0 {
 				t.Fatalf("accepted %d %q as %+v", status, body, g)
@@ -252,8 +281,164 @@ func FuzzParseResponse(f *testing.F) {
 		if g != nil && g.refreshToken == "" {
 			t.Fatal("a salvaged grant without a refresh token")
 		}
-		if len([]rune(err.Error())) > 2*maxErrorText {
-			t.Fatalf("error too long: %d", len(err.Error()))
+		// The engine's words and at most a code: nothing else of the body.
+		text := err.Error()
+		if m := fuzzCode.FindStringSubmatch(text); m != nil {
+			if !isErrorCode(m[1], secret) || !strings.Contains(body, m[1]) {
+				t.Fatalf("code %q kept from %q, sent %q", m[1], body, secret)
+			}
+			text = strings.TrimSuffix(text, m[0])
+		}
+		if strings.ContainsAny(text, "\"'%&") || len(text) > 120 {
+			t.Fatalf("error %q holds more than the engine's words", err)
 		}
 	})
+}
+
+// TestTeletrackerTextNeverPassedOn: whatever Teletracker's error answers
+// echo of the password, the refresh token or the session guid (exact,
+// JSON-escaped, %20-encoded, with lower-case percent hex, as
+// url.QueryEscape writes it, or cut short), and wherever they put it (error
+// or message, alone or in a sentence), none of it reaches a token read's
+// warning, a rotate's or a config write's error, status last_error or the
+// log. One password has characters every encoding changes; the other is
+// shaped like an error code.
+func TestTeletrackerTextNeverPassedOn(t *testing.T) {
+	hex := regexp.MustCompile(`%[0-9A-F]{2}`)
+	forms := []struct {
+		name string
+		form func(string) string
+	}{
+		{"exact", func(s string) string { return s }},
+		{"JSON-escaped", func(s string) string { b, _ := json.Marshal(s); return string(b[1 : len(b)-1]) }},
+		{"%20-encoded", url.PathEscape},
+		{"lower-case hex", func(s string) string { return hex.ReplaceAllStringFunc(url.QueryEscape(s), strings.ToLower) }},
+		{"url.QueryEscape", url.QueryEscape},
+		{"cut short", func(s string) string { r := []rune(s); return string(r[:len(r)/2]) }},
+	}
+	for _, tc := range []struct{ name, password string }{{"odd", `Pa ss"wörd&x%41/+y`}, {"word-like", "Correct_Horse.Battery"}} {
+		for _, f := range forms {
+			t.Run(tc.name+"/"+f.name, func(t *testing.T) {
+				password := tc.password
+				e := newTestEnv(t, withFake(func(o *fakett.Options) { o.Users = map[string]string{"demo": password} }))
+				e.configure(map[string]interface{}{"password": password})
+				rt, guid := e.stored().RefreshToken, sessionGUID(t, e)
+				body := func(errorText, message string) string {
+					b, _ := json.Marshal(map[string]any{"success": false, "error": errorText, "message": message})
+					return string(b)
+				}
+				e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: 503,
+					Body: body(f.form(rt), "refresh token "+f.form(rt)+" of session "+f.form(guid)+" failed")})
+				e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: 401,
+					Body: body("refresh token "+f.form(rt)+" is spent", f.form(rt))})
+				e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 401,
+					Body: body("password "+f.form(password)+" refused in "+f.form(guid), f.form(password))})
+				e.fake.Fail("/auth/login", 1, fakett.Fault{Status: 503, Body: body(f.form(guid), f.form(password))})
+
+				e.clock.Add(50 * time.Minute) // due, still valid: served with a warning
+				warning := strings.Join(e.readToken().Warnings, " ")
+				if !strings.Contains(warning, "HTTP 503") {
+					t.Fatalf("the warning does not tell the failure: %q", warning)
+				}
+				texts := []string{warning}
+				e.clock.Add(time.Minute)
+				if _, err := e.request(logical.UpdateOperation, "rotate", nil); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
+					t.Fatalf("rotate: %v", err)
+				} else {
+					texts = append(texts, err.Error())
+				}
+				e.clock.Add(time.Minute)
+				if resp, _ := e.request(logical.UpdateOperation, "config", map[string]interface{}{"password": password}); !resp.IsError() || !strings.Contains(resp.Error().Error(), "HTTP 401") {
+					t.Fatalf("config write: %v", resp)
+				} else {
+					texts = append(texts, resp.Error().Error())
+				}
+				e.clock.Add(time.Minute)
+				if _, err := e.request(logical.UpdateOperation, "rotate", nil); err == nil || !strings.Contains(err.Error(), "/auth/login: HTTP 503") {
+					t.Fatalf("rotate by login: %v", err)
+				} else {
+					texts = append(texts, err.Error())
+				}
+				texts = append(texts, e.status()["last_error"].(string), e.logs.String())
+				text := strings.Join(texts, "\n")
+				for _, secret := range []string{password, rt, guid} {
+					for _, g := range forms {
+						if s := g.form(secret); strings.Contains(text, s) {
+							t.Errorf("%s %q reached errors, warnings, status or the log:\n%s", g.name, s, text)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+// sessionGUID asks the fake for the guid of the session whose token e serves.
+func sessionGUID(t *testing.T, e *testEnv) string {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, "/api/whoami", nil)
+	req.Header.Set("Authorization", "Bearer "+e.readToken().Data["token"].(string))
+	rec := httptest.NewRecorder()
+	e.fake.ServeHTTP(rec, req)
+	var me struct{ GUID string }
+	if err := json.Unmarshal(rec.Body.Bytes(), &me); err != nil || me.GUID == "" {
+		t.Fatalf("whoami: %s", rec.Body)
+	}
+	return me.GUID
+}
+
+// TestTransportErrorsHoldNoServerText: what Go says of a broken answer
+// quotes the server (its status line, a header line, the names in its
+// certificate); none of that reaches the error.
+func TestTransportErrorsHoldNoServerText(t *testing.T) {
+	const echo = "rt-echoed-4f2a9c"
+	raw := func(answer string) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = c.Read(make([]byte, 4096))
+				_, _ = io.WriteString(c, answer)
+				c.Close()
+			}
+		}()
+		return "http://" + l.Addr().String()
+	}
+	caPEM, cert := testCA(t, echo+".example")
+	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.Config.ErrorLog = discardLog()
+	srv.StartTLS()
+	defer srv.Close()
+	cfg := &config{BaseURL: strings.Replace(srv.URL, "127.0.0.1", "localhost", 1), RequestTimeout: 2 * time.Second, CACert: caPEM}
+	tr, err := newProcess(DefaultCallsPerSecond).transport(transportFor(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.CloseIdleConnections()
+	named := newClient(cfg, tr, time.Now)
+
+	cases := []struct {
+		name   string
+		c      *client
+		detail string
+	}{
+		{"status line", testClient(t, raw("HTTP/1.1 "+echo+"\r\n\r\n")), "request failed; the outcome is unknown"},
+		{"response line", testClient(t, raw(echo+"\r\n\r\n")), "request failed; the outcome is unknown"},
+		{"header line", testClient(t, raw("HTTP/1.1 200 OK\r\n"+echo+"\r\n\r\n")), "request failed; the outcome is unknown"},
+		{"certificate names", named, "TLS handshake failed: certificate not valid for localhost"},
+	}
+	for _, tc := range cases {
+		_, err := tc.c.refresh(context.Background(), "rt")
+		if err == nil || strings.Contains(err.Error(), echo) || !strings.Contains(err.Error(), tc.detail) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
 }

@@ -10,8 +10,8 @@ import (
 )
 
 // errors.go holds the engine's errors and, in one place, the answer Vault
-// gives for each. No error text holds a secret: Teletracker's own words are
-// redacted before they reach an upstreamError.
+// gives for each. No error text holds a secret: none of Teletracker's own
+// words reach an upstreamError (client.go).
 
 var (
 	// errNotConfigured: the mount has no config.

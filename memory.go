@@ -24,7 +24,8 @@ var heapMetrics = []string{
 	"/memory/classes/heap/free:bytes",
 }
 
-// releaseMemory runs releaseIdleMemory once a tick for the whole process,
+// releaseMemory drops idle transports and runs releaseIdleMemory once a
+// tick for the whole process,
 // on the first mount's tick after a tick interval (now on a monotonic
 // clock), not on every mount's: each would collect the whole heap.
 func (p *process) releaseMemory(now time.Time) {
@@ -32,6 +33,7 @@ func (p *process) releaseMemory(now time.Time) {
 	if last != nil && now.Sub(*last) < tickInterval || !p.released.CompareAndSwap(last, &now) {
 		return
 	}
+	p.dropIdleTransports(now)
 	releaseIdleMemory()
 }
 

@@ -91,7 +91,7 @@ var configFields = map[string]*framework.FieldSchema{
 	"base_url": {
 		Type:        framework.TypeString,
 		Default:     defaultBaseURL,
-		Description: "Teletracker API base URL. Must be https://; http:// is accepted only for loopback hosts.",
+		Description: "Teletracker API base URL. Must be https://; http:// is accepted only for loopback hosts, and is sent only to a loopback address, never through a proxy.",
 	},
 	"username": {
 		Type:        framework.TypeString,
@@ -123,7 +123,7 @@ var configFields = map[string]*framework.FieldSchema{
 	},
 	"ca_cert": {
 		Type:        framework.TypeString,
-		Description: "PEM-encoded CA certificate(s) trusted for Teletracker's TLS, in addition to the system roots. An empty value removes it.",
+		Description: "PEM-encoded CA certificate(s) trusted for Teletracker's TLS, in addition to the system roots. An empty value removes it. Changing it needs password or refresh_token in the same write.",
 	},
 }
 
@@ -274,7 +274,7 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 // parseConfigWrite merges the fields in d into prev (the stored record, nil
 // or without config for a first write) and validates the result. It returns
 // the record to establish and whether the write brings a credential: a
-// password, a refresh token, a new account, or a first session.
+// password, a refresh token, a new account or ca_cert, or a first session.
 func parseConfigWrite(prev *record, d *framework.FieldData) (next *record, credential bool, err error) {
 	r := &record{}
 	if prev != nil {
@@ -338,11 +338,14 @@ func parseConfigWrite(prev *record, d *framework.FieldData) (next *record, crede
 		return nil, false, &inputError{err}
 	}
 
-	// A session belongs to the account it was started for, and a stored
-	// password is never sent to an account the write did not bring it for.
-	newAccount := cfg.identity() != old.identity()
+	// A session belongs to the account it was started for, reached under the
+	// CAs trusted then: a new ca_cert changes who can answer for base_url's
+	// host as surely as a new base_url does. So a stored password, and the
+	// session, are never sent to another account, nor under another CA,
+	// than the one the write that brought them named.
+	newAccount := cfg.identity() != old.identity() || cfg.CACert != old.CACert
 	if newAccount && !credential && !passwordSent && seed == "" {
-		return nil, false, invalid("changing base_url, username or account_id needs password (or refresh_token) in the same write: a stored password is never sent to another account")
+		return nil, false, invalid("changing base_url, username, account_id or ca_cert needs password (or refresh_token) in the same write: a stored password is never sent to another account, nor under a CA it was not written with")
 	}
 	if newAccount && !passwordSent {
 		cfg.Password = "" // the old account's: never sent to the new one
@@ -352,7 +355,7 @@ func parseConfigWrite(prev *record, d *framework.FieldData) (next *record, crede
 		return nil, false, invalid("username and password are required to log in (or give refresh_token to seed an existing session)")
 	}
 	if seed != "" || newAccount {
-		// The session is the old account's, or replaced by the one given.
+		// The session is the old account's (or CA's), or replaced by the one given.
 		r.Token, r.Lifetime, r.ObtainedAt, r.RefreshTokenExpiresAt, r.RefreshToken = "", 0, time.Time{}, time.Time{}, seed
 	}
 	if credential {
@@ -394,9 +397,10 @@ refresh_token instead seeds an existing session (it is spent at once for a new
 one). The write fails, and changes nothing, when Teletracker refuses.
 
 A write is a partial update: fields not sent keep their values. Changing
-base_url, username or account_id starts a new session, so the same write must
-bring password (or refresh_token): a stored password is never sent to another
-account.
+base_url, username, account_id or ca_cert (setting, changing or removing it:
+it says whom the engine trusts to be Teletracker) starts a new session, so the
+same write must bring password (or refresh_token): a stored password is never
+sent to another account, nor under a CA it was not written with.
 
 password and refresh_token are never returned; a read shows password_set.
 Deleting the config also deletes the session.

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -13,6 +14,7 @@ import (
 	"io"
 	"log"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -416,7 +418,7 @@ func FuzzConfigWrite(f *testing.F) {
 		if c.AccountID < 0 || (r.State != stateReady && (c.Username == "" || c.Password == "")) {
 			t.Fatalf("accepted %+v", c)
 		}
-		if _, err := newProcess(DefaultCallsPerSecond).transport(c.CACert); err != nil {
+		if _, err := newProcess(DefaultCallsPerSecond).transport(transportFor(c)); err != nil {
 			t.Fatalf("accepted a config no client can be built from: %v", err)
 		}
 	})
@@ -731,4 +733,110 @@ func TestNewAccountNeverServesOldAccountsToken(t *testing.T) {
 	if r, err := e.request(logical.ReadOperation, "token", nil); err == nil && !r.IsError() && r.Data["token"] == old {
 		t.Fatalf("after moving the mount to user other, the read serves user demo's bearer token")
 	}
+}
+
+// TestStoredCredentialsNeverSentUnderNewCA: ca_cert says whom the engine
+// trusts to be Teletracker, so a write that sets, changes or removes it
+// without password or refresh_token is refused, and no call reaches a
+// server that only the new CA vouches for: neither the refresh token nor,
+// once that is refused, the stored password. With a credential the change
+// starts a new session, and a stored password it did not bring is dropped.
+func TestStoredCredentialsNeverSentUnderNewCA(t *testing.T) {
+	e := newTestEnv(t)
+	trustedCA, trusted := testCA(t)
+	rogueCA, rogue := testCA(t)
+	var intercepting atomic.Bool
+	var intercepted atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if intercepting.Load() {
+			intercepted.Add(1)
+			w.WriteHeader(http.StatusUnauthorized) // so that the password would follow
+			return
+		}
+		e.fake.ServeHTTP(w, r)
+	}))
+	srv.Config.ErrorLog = discardLog() // the refused handshakes are expected
+	srv.TLS = &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		cert := trusted
+		if intercepting.Load() {
+			cert = rogue
+		}
+		return &tls.Config{Certificates: []tls.Certificate{cert}}, nil
+	}}
+	srv.StartTLS()
+	defer srv.Close()
+	e.configure(map[string]interface{}{"base_url": srv.URL, "ca_cert": trustedCA})
+
+	// From now on, whoever holds the rogue CA's key answers for the host.
+	intercepting.Store(true)
+	srv.CloseClientConnections()
+	for _, ca := range []string{"", rogueCA + trustedCA, rogueCA} {
+		e.clock.Add(time.Minute)
+		resp, err := e.request(logical.UpdateOperation, "config", map[string]interface{}{"ca_cert": ca, "refresh_margin": "5m"})
+		if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "ca_cert") {
+			t.Errorf("ca_cert %.40q without a credential: resp=%v err=%v", ca, resp, err)
+		}
+	}
+	e.clock.Add(time.Minute)
+	_, _ = e.request(logical.UpdateOperation, "rotate", nil)
+	e.clock.Add(time.Minute)
+	_ = e.tick()
+	if n := intercepted.Load(); n != 0 {
+		t.Fatalf("%d calls reached a server only the new ca_cert vouches for", n)
+	}
+	data := e.mustRequest(logical.ReadOperation, "config", nil).Data
+	if data["ca_cert"] != strings.TrimSpace(trustedCA) || data["refresh_margin"] != int64(defaultRefreshMargin.Seconds()) {
+		t.Fatalf("a refused write changed the config: %v", data)
+	}
+
+	// The same ca_cert again is no change; with a credential a change is
+	// accepted, and a refresh_token alone drops the stored password.
+	intercepting.Store(false)
+	srv.CloseClientConnections()
+	e.clock.Add(time.Minute)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"ca_cert": trustedCA, "refresh_margin": "5m"})
+	e.clock.Add(time.Minute)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"ca_cert": trustedCA + rogueCA, "password": "demo-password"})
+	e.clock.Add(time.Minute)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"ca_cert": trustedCA, "refresh_token": mustSession(t, e.fake)})
+	if st := e.fake.Stats(); st.Logins != 2 || st.Refreshes != 1 || e.mustRequest(logical.ReadOperation, "config", nil).Data["password_set"] != false {
+		t.Fatalf("%+v, password_set %v", st, e.mustRequest(logical.ReadOperation, "config", nil).Data["password_set"])
+	}
+	e.wantNoReuse()
+}
+
+// testCA is a new CA, as PEM, and a certificate it issued for 127.0.0.1
+// and dnsNames.
+func testCA(t *testing.T, dnsNames ...string) (string, tls.Certificate) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: dnsNames, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})),
+		tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

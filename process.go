@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -48,8 +50,8 @@ type process struct {
 	sendGap time.Duration
 	// mu guards transports and needed.
 	mu sync.Mutex
-	// transports are the HTTP transports by ca_cert ("" for none).
-	transports map[string]*sharedTransport
+	// transports are the HTTP transports by what they trust and carry.
+	transports map[transportKey]*sharedTransport
 	// needed is the calls a second all accounts of all mounts need to keep
 	// their sessions, each a call per rotation (capacity.go).
 	needed float64
@@ -72,8 +74,21 @@ func newProcess(budget float64) *process {
 		budget:     budget,
 		pacer:      newPacer(budget * turnShare),
 		sendGap:    time.Duration(1.05 * float64(time.Second) / budget),
-		transports: map[string]*sharedTransport{},
+		transports: map[transportKey]*sharedTransport{},
 	}
+}
+
+// transportKey names one of the process's transports: the ca_cert it
+// trusts ("" for none), and whether it carries plain http.
+type transportKey struct {
+	caPEM string
+	plain bool
+}
+
+// transportFor is the key of the transport cfg's calls use. Anything but
+// https is plain http, to a loopback host (parseBaseURL).
+func transportFor(cfg *config) transportKey {
+	return transportKey{caPEM: cfg.CACert, plain: !strings.HasPrefix(cfg.BaseURL, "https://")}
 }
 
 // sharedTransport is one transport, how many calls use it now, and when
@@ -157,38 +172,50 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // client is an HTTP client for one call under cfg, over the process's
-// transport for cfg's ca_cert (or its roundTripper); done gives the
-// transport back once the call has ended. now is Vault's clock, mono the
-// monotonic one.
+// transport for it (or its roundTripper); done gives the transport back
+// once the call has ended. now is Vault's clock, mono the monotonic one.
 func (p *process) client(cfg *config, now, mono func() time.Time) (c *client, done func(), err error) {
 	if p.roundTripper != nil {
 		return newClient(cfg, p.roundTripper, now), func() {}, nil
 	}
-	t, err := p.transport(cfg.CACert)
+	key := transportFor(cfg)
+	t, err := p.transport(key)
 	if err != nil {
 		return nil, nil, err
 	}
-	return newClient(cfg, t, now), func() { p.release(cfg.CACert, mono()) }, nil
+	return newClient(cfg, t, now), func() { p.release(key, mono()) }, nil
 }
 
-// transport is the process's HTTP transport for ca_cert caPEM, for one
-// call; release gives it back when the call ends, at now on mono.
-func (p *process) transport(caPEM string) (*http.Transport, error) {
+// transport is the process's HTTP transport for key, for one call; release
+// gives it back when the call ends.
+//
+// The plain-http transport sends credentials in cleartext, so it connects
+// to loopback addresses only (loopbackOnly: the address dialled, whatever
+// /etc/hosts or DNS made of "localhost"), and never through a proxy, which
+// would receive them in cleartext: it dials base_url's host itself.
+// (Go's ProxyFromEnvironment skips loopback hosts already, but not
+// "LOCALHOST".) The https transports use the environment's proxy.
+func (p *process) transport(key transportKey) (*http.Transport, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s := p.transports[caPEM]; s != nil {
+	if s := p.transports[key]; s != nil {
 		s.users++
 		return s.t, nil
 	}
-	pool, err := certPool(caPEM)
+	pool, err := certPool(key.caPEM)
 	if err != nil {
 		return nil, err
 	}
 	// Each call is bounded by its account's request_timeout (the client's
 	// timeout and its context); these bound the steps for every call.
+	dialer := &net.Dialer{Timeout: maxRequestTimeout, KeepAlive: 30 * time.Second}
+	proxy := http.ProxyFromEnvironment
+	if key.plain {
+		dialer.Control, proxy = loopbackOnly, nil
+	}
 	t := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: maxRequestTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy:                 proxy,
+		DialContext:           dialer.DialContext,
 		TLSClientConfig:       &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   maxRequestTimeout,
 		ResponseHeaderTimeout: maxRequestTimeout,
@@ -196,15 +223,26 @@ func (p *process) transport(caPEM string) (*http.Transport, error) {
 		IdleConnTimeout:       90 * time.Second,
 		ForceAttemptHTTP2:     true,
 	}
-	p.transports[caPEM] = &sharedTransport{t: t, users: 1}
+	p.transports[key] = &sharedTransport{t: t, users: 1}
 	return t, nil
 }
 
-// release gives back a call's use of the transport for caPEM, ended at now.
-func (p *process) release(caPEM string, now time.Time) {
+// loopbackOnly is the plain-http dialer's Control: it refuses any address
+// but a loopback one, before connecting. address is the IP and port being
+// dialled, after the name was resolved.
+func loopbackOnly(_, address string, _ syscall.RawConn) error {
+	host, _, err := net.SplitHostPort(address)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("plain http is sent to loopback addresses only, and %s is not one", address)
+	}
+	return nil
+}
+
+// release gives back a call's use of the transport for key, ended at now.
+func (p *process) release(key transportKey, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s := p.transports[caPEM]; s != nil {
+	if s := p.transports[key]; s != nil {
 		s.users--
 		s.lastUsed = now
 	}
@@ -215,10 +253,10 @@ func (p *process) release(caPEM string, now time.Time) {
 func (p *process) dropIdleTransports(now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for caPEM, s := range p.transports {
+	for key, s := range p.transports {
 		if s.users <= 0 && now.Sub(s.lastUsed) >= transportIdle {
 			s.t.CloseIdleConnections()
-			delete(p.transports, caPEM)
+			delete(p.transports, key)
 		}
 	}
 }

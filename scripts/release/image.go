@@ -19,6 +19,12 @@ const (
 // entrypoint is where the image holds the plugin binary, and runs it.
 const entrypoint = "/bin/" + pluginName
 
+// imageUser is the uid:gid the image runs as: not root, the nonroot user of
+// distroless images. The image has no /etc/passwd, so it is numeric. Vault's
+// container runtime adds its own group (--group-add), which lets the plugin
+// create its socket in the directory Vault shares with it.
+const imageUser = "65532:65532"
+
 // descriptor points at a blob (OCI image spec, descriptor.md).
 type descriptor struct {
 	MediaType   string            `json:"mediaType"`
@@ -54,6 +60,7 @@ type imageConfig struct {
 	OS           string `json:"os"`
 	Created      string `json:"created"`
 	Config       struct {
+		User       string            `json:"User"`
 		Entrypoint []string          `json:"Entrypoint"`
 		Labels     map[string]string `json:"Labels"`
 	} `json:"config"`
@@ -133,6 +140,7 @@ func writePlatformImage(dir string, img image, p platform, binary string) (platf
 	}
 
 	cfg := imageConfig{Architecture: p.arch, OS: p.os, Created: img.created.UTC().Format(time.RFC3339)}
+	cfg.Config.User = imageUser
 	cfg.Config.Entrypoint = []string{entrypoint}
 	cfg.Config.Labels = img.labels
 	cfg.RootFS.Type = "layers"

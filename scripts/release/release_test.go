@@ -6,11 +6,13 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"debug/buildinfo"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -152,6 +154,9 @@ func TestImage(t *testing.T) {
 			readBlob(t, layout, man.Config, &cfg)
 			if cfg.OS != p.os || cfg.Architecture != p.arch || strings.Join(cfg.Config.Entrypoint, " ") != "/bin/"+pluginName {
 				t.Errorf("config is %s/%s with entrypoint %q", cfg.OS, cfg.Architecture, cfg.Config.Entrypoint)
+			}
+			if cfg.Config.User != "65532:65532" {
+				t.Errorf("the image runs as user %q, want the non-root 65532:65532", cfg.Config.User)
 			}
 			for k, v := range wantLabels {
 				if cfg.Config.Labels[k] != v {
@@ -383,5 +388,30 @@ func readJSON(t *testing.T, path string, v any) {
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// TestBuiltWithReleaseGo: every binary was built with the Go that go.mod
+// names, whatever Go ran the release, and the README says which.
+func TestBuiltWithReleaseGo(t *testing.T) {
+	toolchain, err := releaseGo(want.repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(want.repo, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`built with ` + regexp.QuoteMeta(toolchain) + `\s`).Match(readme) {
+		t.Errorf("the README does not say the release is built with %s", toolchain)
+	}
+	for bin := range readSums(t, binarySums) {
+		info, err := buildinfo.ReadFile(filepath.Join(dist, bin))
+		if err != nil {
+			t.Fatalf("%s: %v", bin, err)
+		}
+		if info.GoVersion != toolchain {
+			t.Errorf("%s was built with %s, not go.mod's %s", bin, info.GoVersion, toolchain)
+		}
 	}
 }
