@@ -75,8 +75,8 @@ func statusCode(t triggerKind, err error) int {
 		return http.StatusInternalServerError
 	case ue.status == http.StatusTooManyRequests:
 		return http.StatusTooManyRequests
-	case ue.kind == failRejected && t == triggerCredential:
-		return http.StatusBadRequest
+	case ue.kind == failRejected && (t == triggerCredential || t == triggerRotate):
+		return http.StatusBadRequest // an operator's act whose credential Teletracker refused
 	}
 	return http.StatusBadGateway
 }
@@ -98,6 +98,8 @@ func respond(t triggerKind, err error) (*logical.Response, error) {
 		msg = "nothing changed, but a refresh_token sent may be spent: " + msg
 	case t == triggerCredential && code != http.StatusBadRequest && code != http.StatusInternalServerError:
 		msg = "nothing changed: " + msg
+	case t == triggerRotate && errors.As(err, &ue) && ue.kind == failRejected:
+		msg = "rotation failed, Teletracker refused the stored credentials: " + msg
 	case t == triggerRotate && code != http.StatusBadRequest:
 		msg = "rotation failed: " + msg
 	}

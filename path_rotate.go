@@ -75,6 +75,7 @@ failures.) When the refresh token is no longer usable, rotate logs in again
 with the stored password; when the session needs re-authentication, rotate is
 refused with 400 until config gets a password or refresh_token. While a new
 session is held in memory because storage refused it, rotate is refused with
-503; a failed Teletracker call answers 502 (429 when Teletracker asked to
-wait).
+503. When Teletracker refuses the stored refresh token or password, rotate
+answers 400, as a config write with a refused credential does; another failed
+Teletracker call answers 502 (429 when Teletracker asked to wait).
 `
