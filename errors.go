@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -81,10 +82,11 @@ func statusCode(t triggerKind, err error) int {
 	return http.StatusBadGateway
 }
 
-// respond is Vault's answer to a request of kind t that failed with err:
-// caller's mistakes are 400 error responses, the rest coded errors; storage
-// failures and logical.ErrReadOnly (Vault then forwards) pass through.
-func respond(t triggerKind, err error) (*logical.Response, error) {
+// respond is Vault's answer at now to a request of kind t that failed with
+// err: caller's mistakes are 400 error responses, the rest coded errors, a
+// 429 with a Retry-After header; storage failures and logical.ErrReadOnly
+// (Vault then forwards) pass through.
+func respond(t triggerKind, err error, now time.Time) (*logical.Response, error) {
 	if errors.Is(err, logical.ErrReadOnly) {
 		return nil, err
 	}
@@ -108,8 +110,31 @@ func respond(t triggerKind, err error) (*logical.Response, error) {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	case http.StatusInternalServerError:
 		return nil, err
+	case http.StatusTooManyRequests:
+		// Vault passes it on to the client only when the mount's
+		// allowed_response_headers lists it.
+		return &logical.Response{Headers: map[string][]string{
+			"Retry-After": {strconv.FormatInt(retryAfterSeconds(err, now), 10)},
+		}}, logical.CodedError(code, msg)
 	}
 	return nil, logical.CodedError(code, msg)
+}
+
+// retryAfterSeconds is how many whole seconds after now a request refused
+// with 429 for err may come back: until the wait ends, rounded up, at least
+// 1. After Teletracker's own 429 the wait is its Retry-After, and at least
+// the floor after the call, which was sent before now.
+func retryAfterSeconds(err error, now time.Time) int64 {
+	var rl *rateLimitedError
+	var ue *upstreamError
+	wait := minCallInterval
+	switch {
+	case errors.As(err, &rl):
+		wait = rl.until.Sub(now)
+	case errors.As(err, &ue):
+		wait = max(ue.retryAfter, minCallInterval)
+	}
+	return max(int64((wait+time.Second-1)/time.Second), 1)
 }
 
 // invalid is a caller's mistake, as an error.

@@ -178,7 +178,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return next, t, err
 	})
 	if !succeeded(err) {
-		return respond(t.kind, err)
+		return respond(t.kind, err, b.now())
 	}
 	b.Logger().Info("config written", "credential", t.kind == triggerCredential)
 	if err != nil {
@@ -195,7 +195,7 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 	if _, err := b.apply(ctx, req.Storage, t, func(prev *record) (*record, trigger, error) {
 		return prev.waitsOnly(), t, nil
 	}); err != nil {
-		return respond(t.kind, err)
+		return respond(t.kind, err, b.now())
 	}
 	b.Logger().Info("config and session deleted")
 	return nil, nil

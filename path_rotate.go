@@ -47,7 +47,7 @@ var rotateResponseFields = map[string]*framework.FieldSchema{
 func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	r, err := b.apply(ctx, req.Storage, trigger{kind: triggerRotate, at: b.now()}, nil)
 	if !succeeded(err) {
-		return respond(triggerRotate, err)
+		return respond(triggerRotate, err, b.now())
 	}
 	st := newSnapshot(r, b.now())
 	resp := &logical.Response{Data: map[string]interface{}{

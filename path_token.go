@@ -216,7 +216,7 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *fr
 		cur = st
 	}
 	if cur == nil || errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured) {
-		return respond(triggerRead, err)
+		return respond(triggerRead, err, now)
 	}
 	return cur.answer(now, err)
 }
