@@ -111,10 +111,15 @@ func newBackend(p *process) *backend {
 
 // HandleRequest answers token reads itself, without the framework's generic
 // work (routing, field validation, a call back to Vault for the replication
-// state), about a fifth of the plugin's CPU per read: see BENCHMARKS.md.
+// state), about a fifth of the plugin's CPU per read: see BENCHMARKS.md. The
+// root help, which Vault merges into its OpenAPI document, is the
+// framework's with its schemas in place (openapi.go).
 func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
-	if req.Operation == logical.ReadOperation && req.Path == "token" {
+	switch {
+	case req.Operation == logical.ReadOperation && req.Path == "token":
 		return b.pathTokenRead(ctx, req, nil)
+	case req.Operation == logical.HelpOperation && req.Path == "":
+		return b.rootHelp(ctx, req)
 	}
 	return b.Backend.HandleRequest(ctx, req)
 }
