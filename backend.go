@@ -16,7 +16,10 @@ import (
 )
 
 const (
-	// recordKey is the storage key of the mount's one record, seal-wrapped.
+	// recordKey is the storage key of the mount's one record. It is listed
+	// in SealWrapStorage, which only Vault Enterprise acts on (seal
+	// wrapping is an Enterprise feature); on Vault Community the record is
+	// protected by the barrier's encryption, like every entry.
 	recordKey = "record"
 	// legacyConfigKey and legacySessionKey are v0.1.0's entries, read once
 	// and moved into the record.
@@ -91,6 +94,7 @@ func newBackend(p *process) *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
+			// Seal-wrapped on Vault Enterprise; Vault Community ignores it.
 			SealWrapStorage: []string{recordKey, legacyConfigKey, legacySessionKey},
 		},
 		Paths: []*framework.Path{
