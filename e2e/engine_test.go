@@ -176,66 +176,124 @@ func TestAgentRendersRotations(t *testing.T) {
 	f := startFake(t, "-token-lifetime", "24s") // margin is half: a new token every 12 s
 	enableMount(t, c, "teletracker-agent")
 	configure(t, c, "teletracker-agent", f, nil)
-
-	dir := t.TempDir()
-	for _, name := range []string{"agent.hcl", "teletracker-token.ctmpl"} {
-		b, err := os.ReadFile(filepath.Join(env.repoRoot, "examples", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The examples use the conventional mount; this test has its own.
-		b = []byte(strings.ReplaceAll(string(b), `"teletracker/token"`, `"teletracker-agent/token"`))
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "vault-token"), []byte(rootToken), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	agent := exec.Command(env.vaultBin, "agent", "-config=agent.hcl")
-	agent.Dir = dir
-	agent.Env = append(cleanEnv(), "HOME="+dir, "VAULT_ADDR="+env.dev.addr)
-	out := &lockedBuffer{}
-	agent.Stdout, agent.Stderr = out, out
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = agent.Process.Signal(syscall.SIGTERM)
-		_ = agent.Wait()
-	})
-
-	rendered := filepath.Join(dir, "teletracker-token")
-	read := func() string { b, _ := os.ReadFile(rendered); return string(b) }
-	if err := waitFor(20*time.Second, func() error {
-		if read() == "" {
-			return os.ErrNotExist
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("agent rendered nothing:\n%s", out.String())
-	}
+	a := startAgent(t, "teletracker-agent")
 	for rotation := 0; rotation < 2; rotation++ {
-		first := read()
+		first := a.rendered()
 		d := readToken(t, c, "teletracker-agent")
 		secs := time.Duration(jsonInt(t, d["ttl"])) * time.Second
 		limit := secs + 5*time.Second
 		start := time.Now()
 		if err := waitFor(limit, func() error {
-			if read() == first {
+			if a.rendered() == first {
 				return os.ErrExist
 			}
 			return nil
 		}); err != nil {
-			t.Fatalf("rotation %d: file unchanged %v after a read said ttl %v:\n%s", rotation, time.Since(start), secs, out.String())
+			t.Fatalf("rotation %d: file unchanged %v after a read said ttl %v:\n%s", rotation, time.Since(start), secs, a.out.String())
 		}
-		if !f.live(t, read()) {
+		if !f.live(t, a.rendered()) {
 			t.Fatal("agent rendered a dead token")
 		}
 	}
 	if st := f.stats(t); st.ReusedRefreshTokens != 0 {
 		t.Fatalf("%+v", st)
 	}
+}
+
+// TestAgentAfterForcedRotation: after a rotate, the old token stays valid
+// (Teletracker cannot revoke it) and Vault Agent keeps rendering it, since
+// the ttl it read pointed at the scheduled rotation; restarted, Agent
+// renders the new token at once.
+func TestAgentAfterForcedRotation(t *testing.T) {
+	t.Parallel() // it waits out the floor after the config write
+	c := env.dev.client
+	f := startFake(t, "-token-lifetime", "2m") // ttl 1 m: far beyond this test
+	enableMount(t, c, "teletracker-forced")
+	configure(t, c, "teletracker-forced", f, nil)
+	a := startAgent(t, "teletracker-forced")
+	old := a.rendered()
+	rotate(t, c, "teletracker-forced")
+	fresh := readToken(t, c, "teletracker-forced")["token"].(string)
+	if fresh == old || !f.live(t, old) || !f.live(t, fresh) {
+		t.Fatal("after the rotate the old token and the new one are not both live and different")
+	}
+	time.Sleep(3 * time.Second) // Agent would have re-read by now if it could tell
+	if got := a.rendered(); got != old {
+		t.Fatalf("Agent rendered %q before its ttl ran out, want the old token still", got)
+	}
+	a.stop()
+	a = startAgent(t, "teletracker-forced")
+	if err := waitFor(10*time.Second, func() error {
+		if a.rendered() != fresh {
+			return os.ErrExist
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("restarted, Agent did not render the new token:\n%s", a.out.String())
+	}
+}
+
+// agent is one Vault Agent process, run with the example config against the
+// shared dev server.
+type agent struct {
+	cmd  *exec.Cmd
+	dir  string
+	out  *lockedBuffer
+	done bool
+}
+
+// startAgent runs Vault Agent with examples/agent.hcl and its template,
+// pointed at mount, and waits for its first rendering.
+func startAgent(t *testing.T, mount string) *agent {
+	t.Helper()
+	a := &agent{dir: t.TempDir(), out: &lockedBuffer{}}
+	for _, name := range []string{"agent.hcl", "teletracker-token.ctmpl"} {
+		b, err := os.ReadFile(filepath.Join(env.repoRoot, "examples", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The examples use the conventional mount; a test has its own.
+		b = []byte(strings.ReplaceAll(string(b), `"teletracker/token"`, `"`+mount+`/token"`))
+		if err := os.WriteFile(filepath.Join(a.dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(a.dir, "vault-token"), []byte(rootToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd = exec.Command(env.vaultBin, "agent", "-config=agent.hcl")
+	a.cmd.Dir = a.dir
+	a.cmd.Env = append(cleanEnv(), "HOME="+a.dir, "VAULT_ADDR="+env.dev.addr)
+	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.stop)
+	if err := waitFor(20*time.Second, func() error {
+		if a.rendered() == "" {
+			return os.ErrNotExist
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("agent rendered nothing:\n%s", a.out.String())
+	}
+	return a
+}
+
+// rendered is the token file's content, empty before the first rendering.
+func (a *agent) rendered() string {
+	b, _ := os.ReadFile(filepath.Join(a.dir, "teletracker-token"))
+	return string(b)
+}
+
+// stop ends the agent, once.
+func (a *agent) stop() {
+	if a.done {
+		return
+	}
+	a.done = true
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	_ = a.cmd.Wait()
 }
 
 // TestRestartKeepsSession: a Vault server with file storage is killed with
