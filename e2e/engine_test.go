@@ -380,3 +380,45 @@ disable_mlock    = true
 		t.Fatalf("fake stats %+v: want 1 login, 2 refreshes, no re-use", st)
 	}
 }
+
+// TestRetryAfterReachesClients: Vault passes a 429's Retry-After on to the
+// HTTP client when the mount's allowed_response_headers lists it, and drops
+// it otherwise; Vault's CLI, told to retry, waits that long and succeeds.
+func TestRetryAfterReachesClients(t *testing.T) {
+	t.Parallel() // it waits out the floor after the config write
+	c := env.dev.client
+	f := startFake(t)
+	if err := c.Sys().Mount("tt-retry-after", &api.MountInput{Type: pluginName, Config: api.MountConfigInput{
+		PluginVersion: env.version, AllowedResponseHeaders: []string{"Retry-After"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Sys().Unmount("tt-retry-after") })
+	enableMount(t, c, "tt-no-retry-after")
+	configure(t, c, "tt-retry-after", f, nil)
+	configure(t, c, "tt-no-retry-after", f, nil)
+
+	rotate := func(mount string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPut, env.dev.addr+"/v1/"+mount+"/rotate", nil)
+		req.Header.Set("X-Vault-Token", rootToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("Retry-After")
+	}
+	status, header := rotate("tt-retry-after")
+	if secs, err := strconv.Atoi(header); status != http.StatusTooManyRequests || err != nil || secs < 1 || secs > 10 {
+		t.Fatalf("rotate inside the floor, header allowed: %d, Retry-After %q; want 429 and 1 to 10 s", status, header)
+	}
+	if status, header := rotate("tt-no-retry-after"); status != http.StatusTooManyRequests || header != "" {
+		t.Fatalf("rotate inside the floor, header not allowed: %d, Retry-After %q; want 429 and none", status, header)
+	}
+	cli := exec.Command(env.vaultBin, "write", "-f", "tt-retry-after/rotate")
+	cli.Env = append(cleanEnv(), "HOME="+t.TempDir(), "VAULT_ADDR="+env.dev.addr, "VAULT_TOKEN="+rootToken,
+		"VAULT_MAX_RETRIES=1") // the CLI retries nothing by default
+	if out, err := cli.CombinedOutput(); err != nil {
+		t.Fatalf("the CLI did not wait for Retry-After and succeed: %v\n%s", err, out)
+	}
+}
