@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -420,5 +421,51 @@ func TestRetryAfterReachesClients(t *testing.T) {
 		"VAULT_MAX_RETRIES=1") // the CLI retries nothing by default
 	if out, err := cli.CombinedOutput(); err != nil {
 		t.Fatalf("the CLI did not wait for Retry-After and succeed: %v\n%s", err, out)
+	}
+}
+
+// TestMergedOpenAPIHasBodies: in Vault's merged OpenAPI document, the
+// engine's request and response bodies have their schemas.
+func TestMergedOpenAPIHasBodies(t *testing.T) {
+	c := env.dev.client
+	enableMount(t, c, "tt-openapi")
+	req, _ := http.NewRequest(http.MethodGet, env.dev.addr+"/v1/sys/internal/specs/openapi", nil)
+	req.Header.Set("X-Vault-Token", rootToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	type schema struct {
+		Properties map[string]json.RawMessage `json:"properties"`
+	}
+	type content struct {
+		JSON struct {
+			Schema schema `json:"schema"`
+		} `json:"application/json"`
+	}
+	var doc struct {
+		Paths map[string]struct {
+			Get struct {
+				Responses map[string]struct {
+					Content content `json:"content"`
+				} `json:"responses"`
+			} `json:"get"`
+			Post struct {
+				RequestBody struct {
+					Content content `json:"content"`
+				} `json:"requestBody"`
+			} `json:"post"`
+		} `json:"paths"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("the merged document: %d %v", resp.StatusCode, err)
+	}
+	paths := doc.Paths
+	if p := paths["/tt-openapi/config"].Post.RequestBody.Content.JSON.Schema.Properties; p["password"] == nil {
+		t.Errorf("config's request body in the merged document: %v, want its fields", p)
+	}
+	if p := paths["/tt-openapi/token"].Get.Responses["200"].Content.JSON.Schema.Properties; p["token"] == nil {
+		t.Errorf("token's response in the merged document: %v, want its fields", p)
 	}
 }
