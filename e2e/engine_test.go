@@ -303,27 +303,7 @@ func (a *agent) stop() {
 func TestRestartKeepsSession(t *testing.T) {
 	t.Parallel() // a long test: it runs beside the other long ones
 	f := startFake(t)
-	dir := filepath.Join(env.workDir, "restart")
-	port := freePort(t)
-	addr := "http://127.0.0.1:" + strconv.Itoa(port)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	config := `
-storage "file" { path = "` + filepath.Join(dir, "data") + `" }
-listener "tcp" {
-  address         = "127.0.0.1:` + strconv.Itoa(port) + `"
-  cluster_address = "127.0.0.1:` + strconv.Itoa(port+1) + `"
-  tls_disable     = true
-}
-api_addr         = "` + addr + `"
-plugin_directory = "` + env.pluginDir + `"
-disable_mlock    = true
-`
-	cfgPath := filepath.Join(dir, "vault.hcl")
-	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath, addr := writeServerConfig(t, "restart", env.pluginDir)
 	start := func() *vaultServer {
 		v, err := startVault("restart", []string{"server", "-config=" + cfgPath, "-log-level=debug"}, addr, "")
 		if err != nil {
