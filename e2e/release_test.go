@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -34,8 +35,7 @@ func TestReleaseInstallUpgrade(t *testing.T) {
 	t.Parallel()
 	platform := runtime.GOOS + "_" + runtime.GOARCH
 	newDist := filepath.Join(t.TempDir(), "dist")
-	built := make(chan error, 1)
-	go func() { built <- buildRelease(newDist, upgradeVersion) }() // while Vault starts
+	build := buildRelease(t, newDist, upgradeVersion) // while Vault starts
 
 	pluginDir, downloads := t.TempDir(), t.TempDir()
 	v := startServerVault(t, "release", pluginDir)
@@ -86,7 +86,7 @@ func TestReleaseInstallUpgrade(t *testing.T) {
 	stopReading := sync.OnceFunc(func() { close(stop); <-stopped })
 	t.Cleanup(stopReading)
 
-	if err := <-built; err != nil {
+	if err := build(); err != nil {
 		t.Fatal(err)
 	}
 	first, second := strings.TrimPrefix(env.version, "v"), strings.TrimPrefix(upgradeVersion, "v")
@@ -189,14 +189,35 @@ func sumOf(t *testing.T, dist, platform string) string {
 	return ""
 }
 
-// buildRelease builds the release of this platform for version into dist,
-// as `make release` does.
-func buildRelease(dist, version string) error {
+// buildRelease starts building the release of this platform for version
+// into dist, as `make release` does, and returns a function that waits for
+// it. If t ends first, the build is stopped: its process group is killed.
+func buildRelease(t *testing.T, dist, version string) func() error {
 	cmd := exec.Command("go", "run", "./scripts/release", "-dist", dist, "-version", version,
 		"-platforms", runtime.GOOS+"/"+runtime.GOARCH)
 	cmd.Dir = env.repoRoot
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("the release of %s: %v\n%s", version, err, out)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return func() error { return err }
 	}
-	return nil
+	var err error
+	ended := make(chan struct{})
+	go func() { err = cmd.Wait(); close(ended) }()
+	t.Cleanup(func() {
+		select {
+		case <-ended:
+		default: // the test failed first
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-ended
+		}
+	})
+	return func() error {
+		<-ended
+		if err != nil {
+			return fmt.Errorf("the release of %s: %v\n%s", version, err, out.String())
+		}
+		return nil
+	}
 }
