@@ -20,7 +20,10 @@ import (
 )
 
 const (
-	// recordKey is the storage key of the default account's record.
+	// recordKey is the storage key of the default account's record. The
+	// records are listed in SealWrapStorage, which only Vault Enterprise
+	// acts on (seal wrapping is an Enterprise feature); on Vault Community
+	// they are protected by the barrier's encryption, like every entry.
 	recordKey = "record"
 	// legacyConfigKey and legacySessionKey are v0.1.0's entries, read once
 	// and moved into the record.
@@ -115,6 +118,7 @@ func newBackend(p *process) *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
+			// Seal-wrapped on Vault Enterprise; Vault Community ignores it.
 			SealWrapStorage: []string{recordKey, legacyConfigKey, legacySessionKey, accountsPrefix},
 		},
 		Paths:          paths,
@@ -129,10 +133,15 @@ func newBackend(p *process) *backend {
 
 // HandleRequest answers token reads itself, without the framework's generic
 // work (routing, field validation, a call back to Vault for the replication
-// state), about a fifth of the plugin's CPU per read: see BENCHMARKS.md.
+// state), about a fifth of the plugin's CPU per read: see BENCHMARKS.md. The
+// root help, which Vault merges into its OpenAPI document, is the
+// framework's with its schemas in place (openapi.go).
 func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
-	if req.Operation == logical.ReadOperation && (req.Path == "token" || strings.HasPrefix(req.Path, "token/")) {
+	switch {
+	case req.Operation == logical.ReadOperation && (req.Path == "token" || strings.HasPrefix(req.Path, "token/")):
 		return b.pathTokenRead(ctx, req, nil)
+	case req.Operation == logical.HelpOperation && req.Path == "":
+		return b.rootHelp(ctx, req)
 	}
 	return b.Backend.HandleRequest(ctx, req)
 }

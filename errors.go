@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -73,16 +74,17 @@ func statusCode(t triggerKind, err error) int {
 		return http.StatusInternalServerError
 	case ue.status == http.StatusTooManyRequests:
 		return http.StatusTooManyRequests
-	case ue.kind == failRejected && t == triggerCredential:
-		return http.StatusBadRequest
+	case ue.kind == failRejected && (t == triggerCredential || t == triggerRotate):
+		return http.StatusBadRequest // an operator's act whose credential Teletracker refused
 	}
 	return http.StatusBadGateway
 }
 
-// respond is Vault's answer to a request of kind t that failed with err:
-// caller's mistakes are 400 error responses, the rest coded errors; storage
-// failures and logical.ErrReadOnly (Vault then forwards) pass through.
-func respond(t triggerKind, err error) (*logical.Response, error) {
+// respond is Vault's answer at now to a request of kind t that failed with
+// err: caller's mistakes are 400 error responses, the rest coded errors, a
+// 429 with a Retry-After header; storage failures and logical.ErrReadOnly
+// (Vault then forwards) pass through.
+func respond(t triggerKind, err error, now time.Time) (*logical.Response, error) {
 	if errors.Is(err, logical.ErrReadOnly) {
 		return nil, err
 	}
@@ -98,6 +100,8 @@ func respond(t triggerKind, err error) (*logical.Response, error) {
 		msg = "nothing changed, but Teletracker may have started a session the engine did not get: " + msg
 	case t == triggerCredential && code != http.StatusBadRequest && code != http.StatusInternalServerError:
 		msg = "nothing changed: " + msg
+	case t == triggerRotate && errors.As(err, &ue) && ue.kind == failRejected:
+		msg = "rotation failed, Teletracker refused the stored credentials: " + msg
 	case t == triggerRotate && code != http.StatusBadRequest:
 		msg = "rotation failed: " + msg
 	}
@@ -106,17 +110,40 @@ func respond(t triggerKind, err error) (*logical.Response, error) {
 		return logical.ErrorResponse(msg), logical.ErrInvalidRequest
 	case http.StatusInternalServerError:
 		return nil, err
+	case http.StatusTooManyRequests:
+		// Vault passes it on to the client only when the mount's
+		// allowed_response_headers lists it.
+		return &logical.Response{Headers: map[string][]string{
+			"Retry-After": {strconv.FormatInt(retryAfterSeconds(err, now), 10)},
+		}}, logical.CodedError(code, msg)
 	}
 	return nil, logical.CodedError(code, msg)
 }
 
 // respondIfErr is respond for err, or nothing (a 404 for a read) when err
 // is nil.
-func respondIfErr(t triggerKind, err error) (*logical.Response, error) {
+func respondIfErr(t triggerKind, err error, now time.Time) (*logical.Response, error) {
 	if err == nil {
 		return nil, nil
 	}
-	return respond(t, err)
+	return respond(t, err, now)
+}
+
+// retryAfterSeconds is how many whole seconds after now a request refused
+// with 429 for err may come back: until the wait ends, rounded up, at least
+// 1. After Teletracker's own 429 the wait is its Retry-After, and at least
+// the floor after the call, which was sent before now.
+func retryAfterSeconds(err error, now time.Time) int64 {
+	var rl *rateLimitedError
+	var ue *upstreamError
+	wait := minCallInterval
+	switch {
+	case errors.As(err, &rl):
+		wait = rl.until.Sub(now)
+	case errors.As(err, &ue):
+		wait = max(ue.retryAfter, minCallInterval)
+	}
+	return max(int64((wait+time.Second-1)/time.Second), 1)
 }
 
 // invalid is a caller's mistake, as an error.

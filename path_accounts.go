@@ -61,7 +61,7 @@ func pathAccounts(b *backend) *framework.Path {
 func (b *backend) pathAccountsList(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	after, limit := d.Get("after").(string), d.Get("limit").(int)
 	if limit < 0 {
-		return respond(triggerRead, invalid("limit must not be negative"))
+		return respond(triggerRead, invalid("limit must not be negative"), b.now())
 	}
 	names, err := req.Storage.List(ctx, accountsPrefix)
 	if err != nil {

@@ -206,7 +206,7 @@ func (b *backend) pathConfigExistenceCheck(ctx context.Context, req *logical.Req
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	a, err := b.configAccount(ctx, req, false)
 	if err != nil || a == nil {
-		return respondIfErr(triggerTune, err)
+		return respondIfErr(triggerTune, err, b.now())
 	}
 	r, err := a.peekRecord(ctx, req.Storage)
 	if err != nil || !r.configured() {
@@ -230,7 +230,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	a, err := b.configAccount(ctx, req, true)
 	if err != nil {
-		return respond(triggerTune, err)
+		return respond(triggerTune, err, b.now())
 	}
 	asked := b.now()
 	t := trigger{kind: triggerTune}
@@ -242,7 +242,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return next, t, err
 	})
 	if !succeeded(err) {
-		return respond(t.kind, err)
+		return respond(t.kind, err, b.now())
 	}
 	a.log().Info("config written", "credential", t.kind == triggerCredential)
 	if err != nil {
@@ -259,13 +259,13 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	a, err := b.configAccount(ctx, req, false)
 	if err != nil || a == nil {
-		return respondIfErr(triggerTune, err)
+		return respondIfErr(triggerTune, err, b.now())
 	}
 	t := trigger{kind: triggerTune}
 	if _, err := a.apply(ctx, req.Storage, t, func(prev *record) (*record, trigger, error) {
 		return prev.waitsOnly(), t, nil
 	}); err != nil {
-		return respond(t.kind, err)
+		return respond(t.kind, err, b.now())
 	}
 	a.log().Info("config and session deleted")
 	return nil, nil

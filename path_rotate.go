@@ -58,7 +58,7 @@ var rotateResponseFields = map[string]*framework.FieldSchema{
 func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	name, err := nameIn(req.Path, "rotate")
 	if err != nil {
-		return respond(triggerRotate, err)
+		return respond(triggerRotate, err, b.now())
 	}
 	a, err := b.existing(ctx, req.Storage, name)
 	switch {
@@ -72,7 +72,7 @@ func (b *backend) pathRotateWrite(ctx context.Context, req *logical.Request, _ *
 		return nil, errNoAccount(name) // deleted meanwhile
 	}
 	if !succeeded(err) {
-		return respond(triggerRotate, err)
+		return respond(triggerRotate, err, b.now())
 	}
 	st := newSnapshot(r, b.now(), b.lastTick())
 	resp := &logical.Response{Data: map[string]interface{}{
@@ -100,6 +100,7 @@ failures.) When the refresh token is no longer usable, rotate logs in again
 with the stored password; when the session needs re-authentication, rotate is
 refused with 400 until config gets a password or refresh_token. While a new
 session is held in memory because storage refused it, rotate is refused with
-503; a failed Teletracker call answers 502 (429 when Teletracker asked to
-wait).
+503. When Teletracker refuses the stored refresh token or password, rotate
+answers 400, as a config write with a refused credential does; another failed
+Teletracker call answers 502 (429 when Teletracker asked to wait).
 `

@@ -68,7 +68,7 @@ var statusResponseFields = map[string]*framework.FieldSchema{
 func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	name, err := nameIn(req.Path, "status")
 	if err != nil {
-		return respond(triggerRead, err)
+		return respond(triggerRead, err, b.now())
 	}
 	a, err := b.existing(ctx, req.Storage, name)
 	switch {

@@ -227,11 +227,11 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *fr
 	b.metrics.reads.Inc()
 	name, err := nameIn(req.Path, "token")
 	if err != nil {
-		return respond(triggerRead, err)
+		return respond(triggerRead, err, b.now())
 	}
 	minTTL, err := minTTLOf(req)
 	if err != nil {
-		return respond(triggerRead, err)
+		return respond(triggerRead, err, b.now())
 	}
 	a, err := b.existing(ctx, req.Storage, name)
 	switch {
@@ -255,7 +255,7 @@ func (a *account) read(ctx context.Context, storage logical.Storage, minTTL time
 	case st != nil && now.Before(st.actAt) && (minTTL == 0 || st.tl.lasts(now, minTTL)):
 		return st.answer(now, 0, nil)
 	case st != nil && tooLong(st.rec, minTTL) != nil:
-		return respond(triggerRead, tooLong(st.rec, minTTL))
+		return respond(triggerRead, tooLong(st.rec, minTTL), now)
 	case st != nil && st.tl.lasts(now, minTTL):
 		if !a.refreshMu.TryLock() {
 			return st.answer(now, minTTL, nil)
@@ -284,9 +284,9 @@ func (a *account) read(ctx context.Context, storage logical.Storage, minTTL time
 	case errors.Is(err, errNotConfigured) && a.name != "":
 		return nil, errNoAccount(a.name) // deleted meanwhile
 	case cur == nil || errors.Is(err, logical.ErrReadOnly) || errors.Is(err, errNotConfigured):
-		return respond(triggerRead, err)
+		return respond(triggerRead, err, now)
 	case tooLong(cur.rec, minTTL) != nil:
-		return respond(triggerRead, tooLong(cur.rec, minTTL))
+		return respond(triggerRead, tooLong(cur.rec, minTTL), now)
 	}
 	return cur.answer(now, minTTL, err)
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -176,60 +177,22 @@ func TestAgentRendersRotations(t *testing.T) {
 	f := startFake(t, "-token-lifetime", "24s") // margin is half: a new token every 12 s
 	enableMount(t, c, "teletracker-agent")
 	configure(t, c, "teletracker-agent", f, nil)
-
-	dir := t.TempDir()
-	for _, name := range []string{"agent.hcl", "teletracker-token.ctmpl"} {
-		b, err := os.ReadFile(filepath.Join(env.repoRoot, "examples", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The examples use the conventional mount; this test has its own.
-		b = []byte(strings.ReplaceAll(string(b), `"teletracker/token"`, `"teletracker-agent/token"`))
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "vault-token"), []byte(rootToken), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	agent := exec.Command(env.vaultBin, "agent", "-config=agent.hcl")
-	agent.Dir = dir
-	agent.Env = append(cleanEnv(), "HOME="+dir, "VAULT_ADDR="+env.dev.addr)
-	out := &lockedBuffer{}
-	agent.Stdout, agent.Stderr = out, out
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = agent.Process.Signal(syscall.SIGTERM)
-		_ = agent.Wait()
-	})
-
-	rendered := filepath.Join(dir, "teletracker-token")
-	read := func() string { b, _ := os.ReadFile(rendered); return string(b) }
-	if err := waitFor(20*time.Second, func() error {
-		if read() == "" {
-			return os.ErrNotExist
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("agent rendered nothing:\n%s", out.String())
-	}
+	a := startAgent(t, "teletracker-agent")
 	for rotation := 0; rotation < 2; rotation++ {
-		first := read()
+		first := a.rendered()
 		d := readToken(t, c, "teletracker-agent")
 		secs := time.Duration(jsonInt(t, d["ttl"])) * time.Second
 		limit := secs + 5*time.Second
 		start := time.Now()
 		if err := waitFor(limit, func() error {
-			if read() == first {
+			if a.rendered() == first {
 				return os.ErrExist
 			}
 			return nil
 		}); err != nil {
-			t.Fatalf("rotation %d: file unchanged %v after a read said ttl %v:\n%s", rotation, time.Since(start), secs, out.String())
+			t.Fatalf("rotation %d: file unchanged %v after a read said ttl %v:\n%s", rotation, time.Since(start), secs, a.out.String())
 		}
-		if !f.live(t, read()) {
+		if !f.live(t, a.rendered()) {
 			t.Fatal("agent rendered a dead token")
 		}
 	}
@@ -238,33 +201,109 @@ func TestAgentRendersRotations(t *testing.T) {
 	}
 }
 
+// TestAgentAfterForcedRotation: after a rotate, the old token stays valid
+// (Teletracker cannot revoke it) and Vault Agent keeps rendering it, since
+// the ttl it read pointed at the scheduled rotation; restarted, Agent
+// renders the new token at once.
+func TestAgentAfterForcedRotation(t *testing.T) {
+	t.Parallel() // it waits out the floor after the config write
+	c := env.dev.client
+	f := startFake(t, "-token-lifetime", "2m") // ttl 1 m: far beyond this test
+	enableMount(t, c, "teletracker-forced")
+	configure(t, c, "teletracker-forced", f, nil)
+	a := startAgent(t, "teletracker-forced")
+	old := a.rendered()
+	rotate(t, c, "teletracker-forced")
+	fresh := readToken(t, c, "teletracker-forced")["token"].(string)
+	if fresh == old || !f.live(t, old) || !f.live(t, fresh) {
+		t.Fatal("after the rotate the old token and the new one are not both live and different")
+	}
+	time.Sleep(3 * time.Second) // Agent would have re-read by now if it could tell
+	if got := a.rendered(); got != old {
+		t.Fatalf("Agent rendered %q before its ttl ran out, want the old token still", got)
+	}
+	a.stop()
+	a = startAgent(t, "teletracker-forced")
+	if err := waitFor(10*time.Second, func() error {
+		if a.rendered() != fresh {
+			return os.ErrExist
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("restarted, Agent did not render the new token:\n%s", a.out.String())
+	}
+}
+
+// agent is one Vault Agent process, run with the example config against the
+// shared dev server.
+type agent struct {
+	cmd  *exec.Cmd
+	dir  string
+	out  *lockedBuffer
+	done bool
+}
+
+// startAgent runs Vault Agent with examples/agent.hcl and its template,
+// pointed at mount, and waits for its first rendering.
+func startAgent(t *testing.T, mount string) *agent {
+	t.Helper()
+	a := &agent{dir: t.TempDir(), out: &lockedBuffer{}}
+	for _, name := range []string{"agent.hcl", "teletracker-token.ctmpl"} {
+		b, err := os.ReadFile(filepath.Join(env.repoRoot, "examples", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The examples use the conventional mount; a test has its own.
+		b = []byte(strings.ReplaceAll(string(b), `"teletracker/token"`, `"`+mount+`/token"`))
+		if err := os.WriteFile(filepath.Join(a.dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(a.dir, "vault-token"), []byte(rootToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd = exec.Command(env.vaultBin, "agent", "-config=agent.hcl")
+	a.cmd.Dir = a.dir
+	a.cmd.Env = append(cleanEnv(), "HOME="+a.dir, "VAULT_ADDR="+env.dev.addr)
+	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.stop)
+	if err := waitFor(20*time.Second, func() error {
+		if a.rendered() == "" {
+			return os.ErrNotExist
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("agent rendered nothing:\n%s", a.out.String())
+	}
+	return a
+}
+
+// rendered is the token file's content, empty before the first rendering.
+func (a *agent) rendered() string {
+	b, _ := os.ReadFile(filepath.Join(a.dir, "teletracker-token"))
+	return string(b)
+}
+
+// stop ends the agent, once.
+func (a *agent) stop() {
+	if a.done {
+		return
+	}
+	a.done = true
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	_ = a.cmd.Wait()
+}
+
 // TestRestartKeepsSession: a Vault server with file storage is killed with
 // SIGKILL and restarted; after unseal it serves a working token without a
 // new login and without re-using a refresh token.
 func TestRestartKeepsSession(t *testing.T) {
 	t.Parallel() // a long test: it runs beside the other long ones
 	f := startFake(t)
-	dir := filepath.Join(env.workDir, "restart")
-	port := freePort(t)
-	addr := "http://127.0.0.1:" + strconv.Itoa(port)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	config := `
-storage "file" { path = "` + filepath.Join(dir, "data") + `" }
-listener "tcp" {
-  address         = "127.0.0.1:` + strconv.Itoa(port) + `"
-  cluster_address = "127.0.0.1:` + strconv.Itoa(port+1) + `"
-  tls_disable     = true
-}
-api_addr         = "` + addr + `"
-plugin_directory = "` + env.pluginDir + `"
-disable_mlock    = true
-`
-	cfgPath := filepath.Join(dir, "vault.hcl")
-	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath, addr := writeServerConfig(t, "restart", env.pluginDir)
 	start := func() *vaultServer {
 		v, err := startVault("restart", []string{"server", "-config=" + cfgPath, "-log-level=debug"}, addr, "")
 		if err != nil {
@@ -320,5 +359,93 @@ disable_mlock    = true
 	st := f.stats(t)
 	if st.Logins != 1 || st.ReusedRefreshTokens != 0 || st.Refreshes != 2 {
 		t.Fatalf("fake stats %+v: want 1 login, 2 refreshes, no re-use", st)
+	}
+}
+
+// TestRetryAfterReachesClients: Vault passes a 429's Retry-After on to the
+// HTTP client when the mount's allowed_response_headers lists it, and drops
+// it otherwise; Vault's CLI, told to retry, waits that long and succeeds.
+func TestRetryAfterReachesClients(t *testing.T) {
+	t.Parallel() // it waits out the floor after the config write
+	c := env.dev.client
+	f := startFake(t)
+	if err := c.Sys().Mount("tt-retry-after", &api.MountInput{Type: pluginName, Config: api.MountConfigInput{
+		PluginVersion: env.version, AllowedResponseHeaders: []string{"Retry-After"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Sys().Unmount("tt-retry-after") })
+	enableMount(t, c, "tt-no-retry-after")
+	configure(t, c, "tt-retry-after", f, nil)
+	configure(t, c, "tt-no-retry-after", f, nil)
+
+	rotate := func(mount string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPut, env.dev.addr+"/v1/"+mount+"/rotate", nil)
+		req.Header.Set("X-Vault-Token", rootToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("Retry-After")
+	}
+	status, header := rotate("tt-retry-after")
+	if secs, err := strconv.Atoi(header); status != http.StatusTooManyRequests || err != nil || secs < 1 || secs > 10 {
+		t.Fatalf("rotate inside the floor, header allowed: %d, Retry-After %q; want 429 and 1 to 10 s", status, header)
+	}
+	if status, header := rotate("tt-no-retry-after"); status != http.StatusTooManyRequests || header != "" {
+		t.Fatalf("rotate inside the floor, header not allowed: %d, Retry-After %q; want 429 and none", status, header)
+	}
+	cli := exec.Command(env.vaultBin, "write", "-f", "tt-retry-after/rotate")
+	cli.Env = append(cleanEnv(), "HOME="+t.TempDir(), "VAULT_ADDR="+env.dev.addr, "VAULT_TOKEN="+rootToken,
+		"VAULT_MAX_RETRIES=1") // the CLI retries nothing by default
+	if out, err := cli.CombinedOutput(); err != nil {
+		t.Fatalf("the CLI did not wait for Retry-After and succeed: %v\n%s", err, out)
+	}
+}
+
+// TestMergedOpenAPIHasBodies: in Vault's merged OpenAPI document, the
+// engine's request and response bodies have their schemas.
+func TestMergedOpenAPIHasBodies(t *testing.T) {
+	c := env.dev.client
+	enableMount(t, c, "tt-openapi")
+	req, _ := http.NewRequest(http.MethodGet, env.dev.addr+"/v1/sys/internal/specs/openapi", nil)
+	req.Header.Set("X-Vault-Token", rootToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	type schema struct {
+		Properties map[string]json.RawMessage `json:"properties"`
+	}
+	type content struct {
+		JSON struct {
+			Schema schema `json:"schema"`
+		} `json:"application/json"`
+	}
+	var doc struct {
+		Paths map[string]struct {
+			Get struct {
+				Responses map[string]struct {
+					Content content `json:"content"`
+				} `json:"responses"`
+			} `json:"get"`
+			Post struct {
+				RequestBody struct {
+					Content content `json:"content"`
+				} `json:"requestBody"`
+			} `json:"post"`
+		} `json:"paths"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("the merged document: %d %v", resp.StatusCode, err)
+	}
+	paths := doc.Paths
+	if p := paths["/tt-openapi/config"].Post.RequestBody.Content.JSON.Schema.Properties; p["password"] == nil {
+		t.Errorf("config's request body in the merged document: %v, want its fields", p)
+	}
+	if p := paths["/tt-openapi/token"].Get.Responses["200"].Content.JSON.Schema.Properties; p["token"] == nil {
+		t.Errorf("token's response in the merged document: %v, want its fields", p)
 	}
 }

@@ -241,6 +241,35 @@ func startDevVaultIn(name, pluginDir string) (*vaultServer, error) {
 	}, "http://127.0.0.1:"+strconv.Itoa(port), rootToken)
 }
 
+// writeServerConfig writes the configuration of a Vault server that is not
+// a dev server, on loopback: file storage in env.workDir/name, pluginDir as
+// its plugin_directory. It returns the file and the server's address.
+func writeServerConfig(t testing.TB, name, pluginDir string) (cfgPath, addr string) {
+	t.Helper()
+	dir := filepath.Join(env.workDir, name)
+	port := freePort(t)
+	addr = "http://127.0.0.1:" + strconv.Itoa(port)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	config := `
+storage "file" { path = "` + filepath.Join(dir, "data") + `" }
+listener "tcp" {
+  address         = "127.0.0.1:` + strconv.Itoa(port) + `"
+  cluster_address = "127.0.0.1:` + strconv.Itoa(port+1) + `"
+  tls_disable     = true
+}
+api_addr         = "` + addr + `"
+plugin_directory = "` + pluginDir + `"
+disable_mlock    = true
+`
+	cfgPath = filepath.Join(dir, "vault.hcl")
+	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfgPath, addr
+}
+
 // startVault runs the Vault binary with args and waits for it to answer.
 func startVault(name string, args []string, addr, token string) (*vaultServer, error) {
 	dir := filepath.Join(env.workDir, name)
