@@ -56,12 +56,21 @@ type account struct {
 	epoch atomic.Uint64
 	// need is the calls a second the account needs (capacity.go); under refreshMu.
 	need float64
+	// loadFailed is the last failure to read its record from storage, until
+	// a read succeeds: status tells it.
+	loadFailed atomic.Pointer[loadFailure]
 
 	// dueAt is when a tick next has work for it, and index its place in
 	// the mount's schedule (schedule.go), -1 when not in it; guarded by the
 	// schedule's lock.
 	dueAt time.Time
 	index int
+}
+
+// loadFailure is a failed read of an account's record.
+type loadFailure struct {
+	at  time.Time
+	err string
 }
 
 // checkAccountName says what is wrong with name as an account name.

@@ -152,7 +152,7 @@ func (r *record) wants(tl *timeline, now time.Time, t trigger) bool {
 	switch {
 	case t.kind == triggerTune:
 		return false
-	case !tl.held || ahead(now, tl.obtained):
+	case !tl.held || tl.unknownAge(now):
 		return true // none, or of unknown age: the clock was set back
 	case t.kind == triggerRotate || t.kind == triggerCredential:
 		return r.State != stateReady || r.ObtainedAt.Before(t.at)

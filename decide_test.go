@@ -90,8 +90,10 @@ func TestDecide(t *testing.T) {
 		}, now: 55 * time.Minute, kind: read, want: actWait, wantAt: 56 * time.Minute},
 		{name: "token of unknown age/read", change: func(r *record) { r.ObtainedAt = at(90 * time.Minute) },
 			now: 5 * time.Minute, kind: read, want: actRefresh},
-		{name: "token obtained on a node slightly ahead/read", change: func(r *record) { r.ObtainedAt = at(5*time.Minute + 30*time.Second) },
+		{name: "token obtained on a node slightly ahead/read", change: func(r *record) { r.ObtainedAt = at(5*time.Minute + 4*time.Second) },
 			now: 5 * time.Minute, kind: read, want: actNothing},
+		{name: "token obtained on a clock further ahead than serveGuard/read", change: func(r *record) { r.ObtainedAt = at(5*time.Minute + 30*time.Second) },
+			now: 5 * time.Minute, kind: read, want: actRefresh},
 		// a refresh in flight: resolved once its call has surely ended, by a
 		// login when a password is stored
 		{name: "in flight/tick too soon", change: inFlight(at, true), now: 55*time.Minute + 15*time.Second, kind: tick, want: actWait,

@@ -24,8 +24,11 @@ var (
 	errHeld = errors.New("the mount's record is held in memory because storage refused it; Teletracker is not called until it is stored")
 	// errCleaned: Clean has begun; no call is made after it.
 	errCleaned = errors.New("the mount is being cleaned up (unmount, plugin reload, step-down or shutdown): Teletracker is not called")
-	// errNotSent: a call was not sent after all; nothing failed.
+	// errNotSent: a call was not sent after all.
 	errNotSent = errors.New("Teletracker was not called")
+	// errMarkerLate: storage acknowledged a refresh's marker too late to
+	// send it within the marker's window (sendWindow).
+	errMarkerLate = fmt.Errorf("storing the refresh's marker took longer than %s, so it was not sent: another node could be resolving it by the time it ended", sendWindow)
 	// errNotStored: a new session was obtained but storage refused it.
 	errNotStored = errors.New("the new session could not be stored; it is held in memory, served, and stored before anything else")
 )
@@ -68,7 +71,7 @@ func statusCode(t triggerKind, err error) int {
 		return http.StatusBadRequest
 	case errors.As(err, &rl):
 		return http.StatusTooManyRequests
-	case errors.Is(err, errHeld), errors.Is(err, errCleaned):
+	case errors.Is(err, errHeld), errors.Is(err, errCleaned), errors.Is(err, errNotSent):
 		return http.StatusServiceUnavailable
 	case !errors.As(err, &ue):
 		return http.StatusInternalServerError

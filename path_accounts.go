@@ -85,14 +85,15 @@ func (b *backend) pathAccountsList(ctx context.Context, req *logical.Request, d 
 		if strings.Contains(name, "/") || checkAccountName(name) != nil {
 			continue
 		}
-		r, err := b.account(name).peekRecord(ctx, req.Storage)
+		a := b.account(name)
+		r, err := a.peekRecord(ctx, req.Storage)
 		if err != nil {
 			return nil, err
 		}
 		if !r.configured() {
 			continue // deleted meanwhile
 		}
-		s := b.statusData(r, now)
+		s := a.statusData(r, now)
 		keys = append(keys, name)
 		info[name] = map[string]interface{}{
 			"state":                s["state"],

@@ -83,16 +83,25 @@ func (b *backend) pathStatusRead(ctx context.Context, req *logical.Request, _ *f
 	if err != nil {
 		return nil, err
 	}
-	return &logical.Response{Data: b.statusData(r, b.now())}, nil
+	return &logical.Response{Data: a.statusData(r, b.now())}, nil
 }
 
-// statusData is what status says of r at now.
-func (b *backend) statusData(r *record, now time.Time) map[string]interface{} {
+// statusData is what status says of a, whose record is r, at now. A record
+// storage cannot give back is a failure too: nothing can be refreshed.
+func (a *account) statusData(r *record, now time.Time) map[string]interface{} {
+	b := a.m
 	state, nextAttempt := stateUnconfigured, time.Time{}
+	lastError, lastErrorAt := "", time.Time{}
 	if r.configured() {
 		state = r.health(now)
+		lastError, lastErrorAt = r.LastError, r.LastErrorAt
+		act := decide(r, now, trigger{kind: triggerTick})
+		if lf := a.loadFailed.Load(); lf != nil && state != stateReauthRequired {
+			state, act = stateDegraded, action{kind: actRefresh} // the next tick reads it again
+			lastError, lastErrorAt = "reading the record from storage failed: "+lf.err, lf.at
+		}
 		if state == stateDegraded {
-			nextAttempt = attemptAt(decide(r, now, trigger{kind: triggerTick}), now, b.lastTick())
+			nextAttempt = attemptAt(act, now, b.lastTick())
 		}
 	} else {
 		r = &record{}
@@ -107,8 +116,8 @@ func (b *backend) statusData(r *record, now time.Time) map[string]interface{} {
 		"next_vault_rotation":      timeText(tl.due),
 		"next_attempt_at":          timeText(nextAttempt),
 		"token_valid":              tl.served(now),
-		"last_error":               r.LastError,
-		"last_error_at":            timeText(r.LastErrorAt),
+		"last_error":               lastError,
+		"last_error_at":            timeText(lastErrorAt),
 		"consecutive_failures":     r.Failures,
 		"refresh_count":            r.RefreshCount,
 		"unsaved":                  r.unsaved,

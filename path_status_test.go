@@ -96,3 +96,46 @@ func TestStatusNotHealthyWhenDeferralsExpireToken(t *testing.T) {
 			s["consecutive_failures"], s["next_attempt_at"], s["expires_at"])
 	}
 }
+
+// TestHeldRecordStatusNamesNextAttempt: a new session that storage refused
+// is held in memory; status says degraded and, as degraded means, when it
+// is tried again (the next tick stores it), a time in the future.
+func TestHeldRecordStatusNamesNextAttempt(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	_ = e.tick()
+	e.clock.Add(55 * time.Minute)
+	e.storage.skipPuts.Store(1) // the marker is stored, the result is not
+	e.storage.failPuts.Store(-1)
+	_ = e.tick()
+	e.storage.failPuts.Store(0)
+	s := e.status()
+	if s["state"] != stateDegraded || s["unsaved"] != true {
+		t.Fatalf("setup: status %v, want degraded and unsaved", s)
+	}
+	next, err := time.Parse(time.RFC3339, s["next_attempt_at"].(string))
+	if err != nil || !next.After(e.clock.Now()) {
+		t.Fatalf("degraded (unsaved) with next_attempt_at %q: nothing says when the held record is stored", s["next_attempt_at"])
+	}
+}
+
+// TestStatusNotHealthyWhileStorageUnreadable: once storage cannot be read
+// the tick can refresh nothing (it loads the record first); status, served
+// from the node's copy, says degraded, with the storage error, while the
+// token runs out.
+func TestStatusNotHealthyWhileStorageUnreadable(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.storage.failGets.Store(true)
+	e.clock.Add(50 * time.Minute)
+	for i := 0; i < 8; i++ {
+		_ = e.tick()
+		e.clock.Add(time.Minute)
+	}
+	if n := e.fake.Stats().RefreshCalls; n != 0 {
+		t.Fatalf("setup: %d refreshes", n)
+	}
+	if s := e.status(); s["state"] == stateHealthy {
+		t.Fatalf("no refresh possible for 8 minutes past due, 2 minutes of token left, and status says %v", s)
+	}
+}

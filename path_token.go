@@ -191,7 +191,7 @@ var tokenResponseFields = map[string]*framework.FieldSchema{
 var tokenFields = map[string]*framework.FieldSchema{
 	"min_ttl": {
 		Type:        framework.TypeDurationSecond,
-		Description: "The reader needs a token with at least this long left before it expires: one with less is replaced first. At most the token's lifetime.",
+		Description: "The reader needs a token with at least this long left before it expires: one with less is replaced first. At most the token's lifetime less the margin.",
 	},
 }
 
@@ -213,10 +213,12 @@ func minTTLOf(req *logical.Request) (time.Duration, error) {
 	return time.Duration(v.(int)) * time.Second, nil
 }
 
-// tooLong is the caller's mistake of asking for more than r's tokens live.
+// tooLong is the caller's mistake of asking for more than a new token of r
+// has before it is due: its lifetime less its margin. (More could not be
+// met at all, or only by a refresh for nearly every read.)
 func tooLong(r *record, minTTL time.Duration) error {
-	if r.Token != "" && minTTL > r.Lifetime {
-		return invalid("min_ttl (%s) is longer than the token's lifetime (%s): no token can meet it", minTTL, r.Lifetime)
+	if most := r.Lifetime - margin(r.Lifetime, r.Config.RefreshMargin); r.Token != "" && minTTL > most {
+		return invalid("min_ttl (%s) is longer than a new token has before it is due (its lifetime %s less the margin): at most %s", minTTL, r.Lifetime, most)
 	}
 	return nil
 }
@@ -251,6 +253,12 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, _ *fr
 func (a *account) read(ctx context.Context, storage logical.Storage, minTTL time.Duration) (*logical.Response, error) {
 	st := a.snap.Load()
 	now := a.m.now()
+	if st == nil && minTTL > 0 {
+		// No copy in memory: refuse what no token can meet before any call.
+		if r, err := a.peekRecord(ctx, storage); err == nil && r.configured() && tooLong(r, minTTL) != nil {
+			return respond(triggerRead, tooLong(r, minTTL), now)
+		}
+	}
 	switch {
 	case st != nil && now.Before(st.actAt) && (minTTL == 0 || st.tl.lasts(now, minTTL)):
 		return st.answer(now, 0, nil)
@@ -304,9 +312,8 @@ with rotation_period it makes Vault Agent re-render right after each rotation.
 min_ttl (optional) says the reader needs a token with at least that long
 left before expires_at: a token with less is replaced first (one call, under
 the usual limits, and one for many readers at once), and if none can be had
-the read fails and says why. min_ttl longer than the token's lifetime is
-refused (400). A min_ttl close to the lifetime makes nearly every read replace
-the token, at most one call every 10 seconds.
+the read fails and says why. min_ttl longer than a new token has before it
+is due (its lifetime less the margin) is refused (400).
 
 A read never returns an expired token: a token is served until 5 seconds
 before it expires (Vault's nodes are assumed to agree on the time within

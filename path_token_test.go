@@ -663,3 +663,41 @@ func TestDeferredDueReadStaysOffStorage(t *testing.T) {
 		t.Fatalf("100 reads of a valid token made %d storage reads", n)
 	}
 }
+
+// TestMinTTLOfWholeLifetimeIsMetOrRefused: a read whose min_ttl no new
+// token could meet (the whole lifetime, when every call takes some time) is
+// refused with 400 before any call: it never spends a refresh token only to
+// fail with 502.
+func TestMinTTLOfWholeLifetimeIsMetOrRefused(t *testing.T) {
+	e := newTestEnv(t)
+	e.b.proc.roundTripper = slowUpstream{clock: e.clock, d: 50 * time.Millisecond}
+	e.configure(nil)
+	e.clock.Add(time.Minute)
+	for i := 0; i < 3; i++ {
+		before := e.fake.Stats().Refreshes
+		resp, err := e.request(logical.ReadOperation, "token", map[string]interface{}{"min_ttl": "1h"})
+		if code := statusOf(resp, err); code != http.StatusOK && code != http.StatusBadRequest {
+			t.Fatalf("read %d with min_ttl = lifetime: HTTP %d after %d refresh(es) spent for it: %v",
+				i+1, code, e.fake.Stats().Refreshes-before, err)
+		}
+		e.clock.Add(11 * time.Second)
+	}
+}
+
+// TestMinTTLLongerThanLifetimeRefusedWithoutCall: a read whose min_ttl is
+// longer than the token's lifetime is a 400 with no call to Teletracker,
+// also when the node has no snapshot (after an Invalidate, or an
+// Initialize whose load failed).
+func TestMinTTLLongerThanLifetimeRefusedWithoutCall(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(time.Minute) // past the floor after the login
+	e.b.invalidate(context.Background(), recordKey)
+	resp, err := e.request(logical.ReadOperation, "token", map[string]interface{}{"min_ttl": "2h"})
+	if code := statusOf(resp, err); code != http.StatusBadRequest {
+		t.Fatalf("min_ttl 2h for 1h tokens: HTTP %d, want 400", code)
+	}
+	if n := e.fake.Stats().RefreshCalls; n != 0 {
+		t.Fatalf("a read refused with 400 first spent %d refresh token(s)", n)
+	}
+}

@@ -80,6 +80,13 @@ func (r *record) waitsOnly() *record {
 	return &record{LastCallAt: r.LastCallAt, NotBefore: r.NotBefore, HoldUntil: r.HoldUntil}
 }
 
+// withoutToken is r without its bearer token.
+func (r *record) withoutToken() *record {
+	next := *r
+	next.Token, next.Lifetime, next.ObtainedAt = "", 0, time.Time{}
+	return &next
+}
+
 // needsReauth reports whether only an operator can help.
 func (r *record) needsReauth() bool {
 	return r.State == stateNeedReauth || (r.State == stateNeedLogin && r.Config.Password == "")

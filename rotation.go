@@ -52,9 +52,17 @@ func (a *account) applyLocked(ctx context.Context, storage logical.Storage, t tr
 	prev, err := a.load(loadCtx, storage)
 	cancel()
 	if err != nil {
+		a.loadFailed.Store(&loadFailure{at: a.m.now(), err: err.Error()})
 		return nil, err
 	}
+	a.loadFailed.Store(nil)
 	r := prev
+	if tl := r.timeline(); tl.held && tl.unknownAge(a.m.now()) {
+		// Stamped on a clock since set back, or one that ran fast: its age
+		// is unknown, and it must not look valid once the clock catches
+		// up. Dropped (and stored so) while its refresh token goes on.
+		r = r.withoutToken()
+	}
 	if ch != nil {
 		if r, t, err = ch(prev); err != nil {
 			a.publish(epoch, prev) // load may have stored a held record
@@ -141,8 +149,16 @@ func (a *account) unsent(ctx context.Context, storage logical.Storage, prev, r *
 	if t.kind == triggerCredential {
 		back = prev
 	}
+	if errors.Is(err, errMarkerLate) && t.kind != triggerCredential {
+		// Storage too slow to send within the marker's window: a failure
+		// (storage's), retried on the backoff, and what status says.
+		back = settle(r, actRefresh, nil, err, marker.InFlightAt, a.m.now())
+	}
 	if marker == nil {
 		return back, err
+	}
+	if back == nil {
+		back = &record{} // a first config write: nothing was stored before
 	}
 	if other := a.movedOn(ctx, storage, marker, back); other != nil {
 		return other, err
@@ -169,11 +185,18 @@ func (a *account) unsent(ctx context.Context, storage logical.Storage, prev, r *
 func (a *account) movedOn(ctx context.Context, storage logical.Storage, marker, r *record) *record {
 	cur, _, err := getRecord(ctx, storage, a.key)
 	if err != nil || cur == nil || (cur.State == marker.State && cur.InFlightAt.Equal(marker.InFlightAt) &&
-		cur.Generation == marker.Generation && cur.RefreshToken == marker.RefreshToken) {
+		cur.LastCallAt.Equal(marker.LastCallAt) && cur.Generation == marker.Generation && cur.RefreshToken == marker.RefreshToken) {
 		return nil
 	}
-	if r.Generation > marker.Generation && (cur.needsReauth() || cur.State == stateNeedLogin) {
+	renewed := r != nil && r.Generation > marker.Generation
+	switch {
+	case renewed && (cur.needsReauth() || cur.State == stateNeedLogin):
 		a.log().Warn("another node lost the session this node's call renewed; storing this node's", "generation", r.Generation)
+		return nil
+	case renewed && cur.Generation == marker.Generation && cur.RefreshToken == marker.RefreshToken:
+		// The other node holds the refresh token this node spent: its call
+		// with it can only be refused. This node's session is the way on.
+		a.log().Warn("another node took over during this node's call, with the refresh token this call spent; storing this node's session", "generation", r.Generation)
 		return nil
 	}
 	a.log().Warn("another node moved the session on during this node's call; keeping its record", "generation", cur.Generation)
@@ -320,7 +343,7 @@ func (a *account) call(ctx context.Context, cfg *config, kind actionKind, refres
 	case a.m.life.Err() != nil:
 		err = fmt.Errorf("%w: %w", errNotSent, errCleaned) // Clean began since the turn
 	case !a.m.mono().Before(sendBy):
-		err = fmt.Errorf("%w: its marker was stored too late to send it within %s", errNotSent, sendWindow)
+		err = fmt.Errorf("%w: %w", errNotSent, errMarkerLate)
 	default:
 		ctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 		start := a.m.mono()

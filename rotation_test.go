@@ -1004,8 +1004,9 @@ func TestAnswerCarryingRefreshTokenIsProcessed(t *testing.T) {
 
 // TestMarkerWindowCoversLatePut: a refresh whose marker's Put is
 // acknowledged later than the marker lets it be sent is not sent: another
-// node may be resolving the marker by then. Nothing is counted as failed,
-// and the marker is taken back.
+// node may be resolving the marker by then. It counts as a failure
+// (storage's: status says so), the marker is taken back, and the refresh
+// is retried on the backoff, never by presenting a spent token.
 func TestMarkerWindowCoversLatePut(t *testing.T) {
 	e := newTestEnv(t)
 	seed := mustSession(t, e.fake)
@@ -1020,8 +1021,11 @@ func TestMarkerWindowCoversLatePut(t *testing.T) {
 	if got := e.fake.Stats().RefreshCalls; got != 1 {
 		t.Fatalf("%d refresh calls: the refresh was sent after its marker's window", got-1)
 	}
-	if s := e.stored(); s.State != stateReady || s.Failures != 0 || s.LastError != "" {
-		t.Fatalf("a call not sent left state %s, %d failures, last error %q", s.State, s.Failures, s.LastError)
+	if s := e.stored(); s.State != stateReady || s.Failures != 1 || !strings.Contains(s.LastError, "marker took longer") {
+		t.Fatalf("a call not sent for a late marker left state %s, %d failures, last error %q", s.State, s.Failures, s.LastError)
+	}
+	if s := e.status(); s["state"] != stateDegraded || s["next_attempt_at"] == "" {
+		t.Fatalf("status after a refresh storage was too slow to send: %v", s)
 	}
 	e.clock.Add(time.Minute)
 	_ = e.tick()
@@ -1107,4 +1111,132 @@ func TestShortRefreshTokenRenewedOnItsOwnMargin(t *testing.T) {
 		t.Fatalf("%d refreshes in 30 minutes of 11-minute refresh tokens; about 6 would do", n)
 	}
 	e.wantNoReuse()
+}
+
+// slowUpstream carries calls to the fake Teletracker and lets each take d
+// on the test clock, as every real call takes some time.
+type slowUpstream struct {
+	clock *testClock
+	d     time.Duration
+}
+
+func (s slowUpstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	s.clock.Add(s.d)
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// TestUnsendableRefreshIsNotHealthy: when every marker's Put is
+// acknowledged too late to send the refresh (storage commits slowly), no
+// refresh is sent, and status says so: degraded, with the failure, its
+// count and when it is tried again, before the token runs out.
+func TestUnsendableRefreshIsNotHealthy(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.storage.beforePut = func(entry *logical.StorageEntry) bool {
+		if strings.Contains(string(entry.Value), `"state":"in_flight"`) {
+			e.clock.Add(sendWindow + time.Second) // a slow commit
+		}
+		return false
+	}
+	e.clock.Add(50 * time.Minute) // due
+	for i := 0; i < 7; i++ {
+		_ = e.tick()
+		e.clock.Add(time.Minute - sendWindow - time.Second)
+	}
+	if n := e.fake.Stats().RefreshCalls; n != 0 {
+		t.Fatalf("setup: %d refreshes sent", n)
+	}
+	if s := e.status(); s["state"] == stateHealthy || s["last_error"] == "" {
+		t.Fatalf("7 refreshes due since 50 min could not be sent, the token stops being served in %v, and status says %v",
+			testStart.Add(time.Hour-serveGuard).Sub(e.clock.Now()), s)
+	}
+}
+
+// gatedUpstream carries a node's calls to the fake Teletracker, but holds
+// each until released: sending says a call is about to go out.
+type gatedUpstream struct {
+	sending chan struct{}
+	release chan struct{}
+}
+
+func (g gatedUpstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	g.sending <- struct{}{}
+	<-g.release
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// TestRenewedSessionKeptOverTakeoverStillInFlight: node A (no password
+// stored) sent its refresh and got the new refresh token, then paused past
+// its marker's window; node B took over, stored its own marker and sent the
+// same refresh token again (the rule for an unresolved marker without a
+// password). A resumes while B's call is under way. B's call can only be
+// refused (A spent that refresh token), so A's renewed session is the only
+// way on and must be what storage ends with: a live node that holds the
+// answer to its call never loses the session.
+func TestRenewedSessionKeptOverTakeoverStillInFlight(t *testing.T) {
+	e := newTestEnv(t)
+	seed := mustSession(t, e.fake)
+	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
+	e.clock.Add(55 * time.Minute)
+	nodeB := restart(t, e)
+	gate := gatedUpstream{sending: make(chan struct{}), release: make(chan struct{})}
+	nodeB.proc.roundTripper = gate
+	bDone := make(chan struct{})
+	e.storage.beforePut = func(entry *logical.StorageEntry) bool {
+		if strings.Contains(string(entry.Value), `"state":"in_flight"`) { // A's marker: its call comes next
+			e.storage.beforePut = nil
+			e.storage.beforeGet = func(string) { // A has its answer, and pauses before its fence
+				e.storage.beforeGet = nil
+				e.clock.Add(time.Minute) // past A's marker window: B, now active, resolves it
+				go func() {
+					defer close(bDone)
+					_ = nodeB.periodicFunc(context.Background(), &logical.Request{Storage: e.storage.Storage})
+				}()
+				<-gate.sending // B's marker is stored, its refresh about to go out
+			}
+		}
+		return false
+	}
+	_ = e.tick() // node A: its refresh succeeds
+	close(gate.release)
+	<-bDone
+	st := e.fake.Stats()
+	if s := e.stored(); s.State != stateReady || !e.fake.Live(s.Token) {
+		t.Fatalf("A renewed the session, and storage ends in state %s (last error %q): the renewed session is lost; fake %+v",
+			s.State, s.LastError, st)
+	}
+}
+
+// TestLateMarkerAckOfFirstSeedWriteAfterTakeover: the first config write of
+// a mount seeds it with a refresh_token; its marker's Put is acknowledged
+// only after node B took over and resolved the marker (as in
+// TestLateMarkerAckAfterTakeoverKeepsTheWinner, but for a mount with
+// nothing stored before). The write is not sent and must answer, not
+// panic (a panic in a multiplexed plugin takes every mount down).
+func TestLateMarkerAckOfFirstSeedWriteAfterTakeover(t *testing.T) {
+	e := newTestEnv(t)
+	seed := mustSession(t, e.fake)
+	nodeB := restart(t, e)
+	e.storage.beforePut = func(entry *logical.StorageEntry) bool {
+		e.storage.beforePut = nil
+		if err := e.storage.Storage.Put(context.Background(), entry); err != nil { // A's marker, committed
+			t.Error(err)
+		}
+		e.clock.Add(time.Minute) // A pauses; B becomes active and resolves the marker
+		if err := nodeB.periodicFunc(context.Background(), &logical.Request{Storage: e.storage.Storage}); err != nil {
+			t.Error(err)
+		}
+		return true // and then A hears that its marker was stored
+	}
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				t.Fatalf("the config write panicked: %v", p)
+			}
+		}()
+		_, _ = e.request(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed})
+	}()
+	if s := e.stored(); s == nil || s.State != stateReady || !e.fake.Live(s.Token) {
+		t.Fatalf("B's session was not kept: %+v", s)
+	}
 }

@@ -18,8 +18,9 @@ import (
 //
 //	expires     = obtained + lifetime
 //	servedUntil = expires - G, G = min(serveGuard, lifetime/4)
-//	due         = min(expires - margin, servedUntil - T): a read's call
-//	              ends before the token stops being served
+//	due         = min(expires - margin, servedUntil - T - firstRetry),
+//	              never before obtained: a read's call, and one retry after
+//	              the first backoff, end before the token stops being served
 //	replaceFrom = due - tickInterval - spread: the tick before due
 //	              replaces it, so reads do not find it due
 //	renewBy     = refresh token's expiry - its own margin
@@ -27,14 +28,18 @@ import (
 //
 // margin is refresh_margin capped at half the lifetime, the bearer token's
 // for due and the refresh token's for renewBy. From replaceFrom to
-// servedUntil there is always a tick and a call's time for retries; a
-// lifetime too short for that is replaced by every tick (and the floor
-// between calls still holds).
+// servedUntil there is always a tick, a call's time and the first
+// backoff, for a retry; a lifetime too short for that is due at once and
+// replaced by every tick (and the floor between calls still holds).
 
 // serveGuard is how long before its expiry a token stops being served:
 // Vault's nodes are assumed to keep their clocks within this of each other
 // (NTP keeps them within milliseconds). A quarter of the lifetime, if less.
 const serveGuard = 5 * time.Second
+
+// firstRetry is the longest first backoff (minRetryInterval and its
+// jitter): a token is due early enough for one retry after it.
+const firstRetry = minRetryInterval * 5 / 4
 
 // timeline is when things happen to a record's tokens, on Vault's clock.
 type timeline struct {
@@ -58,16 +63,19 @@ type timeline struct {
 	renewBy time.Time
 }
 
-// timeline computes r's timeline from its session and config.
+// timeline computes r's timeline from its session and config (none for nil).
 func (r *record) timeline() timeline {
 	var tl timeline
+	if r == nil {
+		return tl
+	}
 	if r.Token != "" {
 		m := margin(r.Lifetime, r.Config.RefreshMargin)
 		tl.held = true
 		tl.obtained = r.ObtainedAt
 		tl.expires = r.ObtainedAt.Add(r.Lifetime)
 		tl.servedUntil = tl.expires.Add(-min(serveGuard, r.Lifetime/4))
-		tl.due = earlier(tl.expires.Add(-m), tl.servedUntil.Add(-r.Config.RequestTimeout))
+		tl.due = later(tl.obtained, earlier(tl.expires.Add(-m), tl.servedUntil.Add(-r.Config.RequestTimeout-firstRetry)))
 		tl.replaceFrom = tl.due.Add(-tickInterval - spread(r.RefreshToken, m))
 	}
 	if exp := r.RefreshTokenExpiresAt; !exp.IsZero() {
@@ -103,10 +111,17 @@ func spread(refreshToken string, m time.Duration) time.Duration {
 }
 
 // served reports whether the token may be served at now: one is held, it
-// is not of unknown age (obtained on a clock since set back), and now is
-// before servedUntil.
+// is not of unknown age, and now is before servedUntil.
 func (tl *timeline) served(now time.Time) bool {
-	return tl.held && now.Before(tl.servedUntil) && !ahead(now, tl.obtained)
+	return tl.held && now.Before(tl.servedUntil) && !tl.unknownAge(now)
+}
+
+// unknownAge reports whether the token was obtained further ahead of now
+// than the nodes' clocks may disagree (serveGuard): on a clock since set
+// back, or one that ran fast. Its expiry cannot be trusted: it is not
+// served, and is replaced at once.
+func (tl *timeline) unknownAge(now time.Time) bool {
+	return tl.obtained.Sub(now) > serveGuard
 }
 
 // lasts reports whether the token is served at now with at least d left

@@ -63,18 +63,22 @@ func (c timelineCase) record(at time.Time, n int) *record {
 }
 
 // TestTimelineOrder: for every lifetime and margin, a token's times come in
-// their order, a read's call ends before the token stops being served, and
-// from replaceFrom to servedUntil there is a tick and a call's time for
-// retries; the refresh token is renewed by a tick before it expires.
+// their order (due never before obtained), a read's call and one retry
+// after the first backoff end before the token stops being served (or the
+// token is due at once, its lifetime too short for that), and from
+// replaceFrom to servedUntil there is a tick, the first backoff and a call's
+// time for retries; the refresh token is renewed by a tick before it expires.
 func TestTimelineOrder(t *testing.T) {
 	for _, c := range timelineCases() {
 		tl := c.record(testStart, 0).timeline()
 		switch {
 		case !tl.obtained.Before(tl.servedUntil) || tl.servedUntil.After(tl.expires) || tl.expires.Sub(tl.servedUntil) > serveGuard:
 			t.Fatalf("%v: obtained %v, served until %v, expires %v", c, tl.obtained, tl.servedUntil, tl.expires)
-		case tl.due.Add(c.timeout).After(tl.servedUntil):
-			t.Fatalf("%v: due %v, a read's call may end after it stops being served at %v", c, tl.due, tl.servedUntil)
-		case tl.servedUntil.Sub(tl.replaceFrom) < tickInterval+c.timeout:
+		case tl.due.Before(tl.obtained) || tl.due.After(tl.servedUntil):
+			t.Fatalf("%v: obtained %v, due %v, served until %v", c, tl.obtained, tl.due, tl.servedUntil)
+		case tl.due.After(tl.obtained) && tl.due.Add(c.timeout+firstRetry).After(tl.servedUntil):
+			t.Fatalf("%v: due %v: a read's call and one retry after the first backoff may end after it stops being served at %v", c, tl.due, tl.servedUntil)
+		case tl.due.After(tl.obtained) && tl.servedUntil.Sub(tl.replaceFrom) < tickInterval+firstRetry+c.timeout:
 			t.Fatalf("%v: replaced from %v, served until %v: no room for retries", c, tl.replaceFrom, tl.servedUntil)
 		case tl.replaceFrom.After(tl.due):
 			t.Fatalf("%v: a tick replaces from %v, after a read does at %v", c, tl.replaceFrom, tl.due)
@@ -177,5 +181,74 @@ func TestStandbyBehindNeverServesExpiredToken(t *testing.T) {
 		if tok := resp.Data["token"].(string); !active.fake.Live(tok) {
 			t.Fatalf("standby served a token Teletracker no longer accepts (expires_at %v, active now %v)", resp.Data["expires_at"], active.clock.Now())
 		}
+	}
+}
+
+// TestTokenStampedOnFastClockNeverServedExpired: a node whose clock ran 30 s
+// fast obtains a token; NTP steps the clock back and the plugin reloads.
+// The next look at the token, before the clock catches up with its stamp,
+// finds it of unknown age (more than serveGuard ahead): it is dropped, and
+// stored so, and during an outage it is never served again, also once the
+// clock has passed its stamp. (A look that comes only after the clock has
+// caught up cannot tell: a clock off by more than serveGuard is outside
+// what the engine assumes, README "Limits".)
+func TestTokenStampedOnFastClockNeverServedExpired(t *testing.T) {
+	e := newTestEnv(t)
+	e.b.now = func() time.Time { return e.clock.Now().Add(30 * time.Second) }
+	e.configure(nil)    // obtained at true 12:00:00, stamped 12:00:30
+	e.b = restart(t, e) // the clock is right again (restart uses the true clock)
+	e.fake.Fail("/auth/refresh", -1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	e.fake.Fail("/auth/login", -1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	if resp, err := e.request(logical.ReadOperation, "token", nil); err == nil && !resp.IsError() {
+		t.Fatalf("a token stamped 30 s ahead was served")
+	}
+	for i := 0; i < 60; i++ { // ticks each minute try, and fail
+		e.clock.Add(time.Minute)
+		_ = e.tick()
+	}
+	e.clock.Add(10 * time.Second) // 10 s after Teletracker's expiry
+	resp, err := e.request(logical.ReadOperation, "token", nil)
+	if err == nil && !resp.IsError() {
+		if tok := resp.Data["token"].(string); !e.fake.Live(tok) {
+			t.Fatalf("served a token Teletracker expired 10 s ago (expires_at %v, now %v)", resp.Data["expires_at"], e.clock.Now().Format(time.RFC3339))
+		}
+	}
+}
+
+// TestRotationTimesInOrderForShortLifetimes: Vault Agent's rotation fields
+// stay meaningful for every lifetime Teletracker may answer (1 s and up):
+// next_vault_rotation never before last_vault_rotation, rotation_period
+// never negative (20 s tokens with request_timeout 30 s).
+func TestRotationTimesInOrderForShortLifetimes(t *testing.T) {
+	e := newTestEnv(t, withFake(func(o *fakett.Options) { o.TokenLifetime = 20 * time.Second }))
+	e.configure(map[string]interface{}{"request_timeout": "30s"})
+	d := e.readToken().Data
+	last, _ := time.Parse(time.RFC3339, d["last_vault_rotation"].(string))
+	next, _ := time.Parse(time.RFC3339, d["next_vault_rotation"].(string))
+	if p := d["rotation_period"].(int64); p < 0 || next.Before(last) {
+		t.Fatalf("rotation_period %d, last_vault_rotation %s, next_vault_rotation %s", p, last, next)
+	}
+}
+
+// TestOneFailedRefreshLeavesRoomToRetry: with a refresh_margin of 1 s and
+// the tick at :44 each minute (Vault's ticks fall anywhere in the minute),
+// one 503 to the tick before the token is due is retried, after the first
+// backoff, before the token stops being served: no read fails.
+func TestOneFailedRefreshLeavesRoomToRetry(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(map[string]interface{}{"refresh_margin": "1s"})
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	failed := 0
+	for s := 1; s <= 65*60; s++ {
+		e.clock.Add(time.Second)
+		if s%60 == 44 {
+			_ = e.tick()
+		}
+		if resp, err := e.request(logical.ReadOperation, "token", nil); err != nil || resp.IsError() {
+			failed++
+		}
+	}
+	if failed > 0 {
+		t.Fatalf("one failed refresh made %d reads fail (fake %+v)", failed, e.fake.Stats())
 	}
 }
