@@ -185,14 +185,6 @@ func (a *account) peekRecord(ctx context.Context, storage logical.Storage) (*rec
 	return r, err
 }
 
-// logName is the account's name for a log line: "default" for the default.
-func (a *account) logName() string {
-	if a.name == "" {
-		return "default"
-	}
-	return a.name
-}
-
 // namedRecords is the records of the named accounts this node holds in
 // memory (on the active node, all of them), by name.
 func (b *backend) namedRecords() map[string]*record {

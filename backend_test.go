@@ -411,7 +411,7 @@ func TestPublishAfterInvalidateDropsCopy(t *testing.T) {
 	e.configure(nil)
 	r := e.stored()
 	epoch := e.a().epoch.Load()
-	e.b.invalidate(context.Background(), recordKey)
+	e.b.invalidate(context.Background(), accountKey(e.name))
 	e.a().publish(epoch, r)
 	if e.a().snap.Load() != nil {
 		t.Fatal("a copy loaded before Invalidate was published after it")
@@ -433,7 +433,11 @@ func TestInvalidateDropsServedCopy(t *testing.T) {
 	if e.a().snap.Load() == nil {
 		t.Fatal("an unrelated key dropped the snapshot")
 	}
-	for _, key := range []string{recordKey, legacyConfigKey, legacySessionKey} {
+	keys := []string{recordKey, legacyConfigKey, legacySessionKey}
+	if e.name != "" {
+		keys = []string{accountKey(e.name)}
+	}
+	for _, key := range keys {
 		e.readToken()
 		e.b.invalidate(context.Background(), key)
 		if e.a().snap.Load() != nil {
@@ -457,7 +461,7 @@ func TestInvalidateServesOtherNodesSession(t *testing.T) {
 	if got := e.readToken().Data["token"]; got != first {
 		t.Fatalf("without Invalidate the snapshot should still be served, got %v", got)
 	}
-	e.b.invalidate(context.Background(), recordKey)
+	e.b.invalidate(context.Background(), accountKey(e.name))
 	if got := e.readToken().Data["token"]; got != "token-from-another-node" {
 		t.Fatalf("after Invalidate read %v, want the stored token", got)
 	}

@@ -25,7 +25,7 @@ var (
 	// errCleaned: Clean has begun; no call is made after it.
 	errCleaned = errors.New("the mount is being cleaned up (unmount, plugin reload, step-down or shutdown): Teletracker is not called")
 	// errNotSent: a call was not sent after all.
-	errNotSent = errors.New("Teletracker was not called")
+	errNotSent = errors.New("the call to Teletracker was not sent")
 	// errMarkerLate: storage acknowledged a refresh's marker too late to
 	// send it within the marker's window (sendWindow).
 	errMarkerLate = fmt.Errorf("storing the refresh's marker took longer than %s, so it was not sent: another node could be resolving it by the time it ended", sendWindow)

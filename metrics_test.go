@@ -64,6 +64,7 @@ func value(t *testing.T, families map[string]*dto.MetricFamily, name, label stri
 // the gauges follow the record.
 func TestMetricsMoveWithEvents(t *testing.T) {
 	e := newTestEnv(t, withFake(func(o *fakett.Options) { o.RefreshLifetime = 48 * time.Hour }))
+	e.defaultOnly() // the default account's gauges; a named one's: TestMetricsNamedAccounts
 	e.configure(map[string]interface{}{"request_timeout": 1})
 	m := e.scrape()
 	for _, o := range outcomes {
@@ -127,6 +128,7 @@ func TestMetricsMoveWithEvents(t *testing.T) {
 // is unconfigured, and of one that needs re-authentication.
 func TestMetricsStates(t *testing.T) {
 	e := newTestEnv(t)
+	e.defaultOnly()
 	m := e.scrape()
 	if value(t, m, "teletracker_state", "state=unconfigured") != 1 || m["teletracker_token_expires_in_seconds"] != nil {
 		t.Fatalf("unconfigured: %v", m)

@@ -271,15 +271,47 @@ func TestConfigDelete(t *testing.T) {
 	if resp, err := e.request(logical.DeleteOperation, "config", nil); err != nil || resp != nil {
 		t.Fatalf("delete: %v %v", resp, err)
 	}
-	if r := e.stored(); r.configured() || r.Token != "" || r.RefreshToken != "" || r.Config != (config{}) {
+	if r := e.stored(); r != nil && (r.configured() || r.Token != "" || r.RefreshToken != "" || r.Config != (config{})) {
 		t.Fatalf("config or session survived delete: %+v", r)
+	}
+	e.wantGone()
+}
+
+// wantUnconfigured fails the test unless resp and err answer a request to
+// an account with no config: a 400 that says so for the default account,
+// a 404 that says there is no such account for a named one.
+func (e *testEnv) wantUnconfigured(resp *logical.Response, err error) {
+	e.t.Helper()
+	if e.name != "" {
+		if statusOf(resp, err) != http.StatusNotFound || !strings.Contains(err.Error(), "no account named") {
+			e.t.Fatalf("a request to an unknown account: %v %v, want 404", resp, err)
+		}
+		return
+	}
+	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "not configured") {
+		e.t.Fatalf("a request to an unconfigured mount: %v %v, want 400", resp, err)
+	}
+}
+
+// wantGone fails the test unless the account has no config: the default
+// account answers that it is not configured, a named one that it does not
+// exist (404), on token and status alike.
+func (e *testEnv) wantGone() {
+	e.t.Helper()
+	if e.name != "" {
+		for _, p := range []string{"token", "status"} {
+			if resp, err := e.request(logical.ReadOperation, p, nil); statusOf(resp, err) != http.StatusNotFound || !strings.Contains(err.Error(), "no account named") {
+				e.t.Fatalf("%s of a deleted account: %v %v, want 404", p, resp, err)
+			}
+		}
+		return
 	}
 	resp, err := e.request(logical.ReadOperation, "token", nil)
 	if !errors.Is(err, logical.ErrInvalidRequest) || !strings.Contains(resp.Error().Error(), "not configured") {
-		t.Fatalf("token after delete: %v %v", resp, err)
+		e.t.Fatalf("token after delete: %v %v", resp, err)
 	}
 	if got := e.status()["state"]; got != stateUnconfigured {
-		t.Fatalf("state %v", got)
+		e.t.Fatalf("state %v", got)
 	}
 }
 
@@ -368,7 +400,7 @@ func (e *testEnv) storeUnusableCACert(t *testing.T) {
 	r := e.stored()
 	r.Config.CACert = withHeader(selfSignedPEM(t))
 	e.store(r)
-	e.b.invalidate(context.Background(), recordKey)
+	e.b.invalidate(context.Background(), accountKey(e.name))
 }
 
 func selfSignedPEM(t *testing.T) string {
@@ -504,7 +536,7 @@ func TestConfigWriteAbandonedByCallerIsWhole(t *testing.T) {
 			e.clock.Add(time.Minute)
 			ctx, cancel := context.WithCancel(context.Background())
 			time.AfterFunc(50*time.Millisecond, cancel)
-			_, _ = e.b.HandleRequest(ctx, &logical.Request{Operation: logical.UpdateOperation, Path: "config", Data: data, Storage: e.storage})
+			_, _ = e.b.HandleRequest(ctx, &logical.Request{Operation: logical.UpdateOperation, Path: e.path("config"), Data: data, Storage: e.storage})
 			r := e.stored()
 			if r.Config.BaseURL != otherSrv.URL || r.State != stateReady || !other.Live(r.Token) {
 				t.Fatalf("the write was not applied whole: %+v", r)

@@ -43,14 +43,11 @@ func TestRotate(t *testing.T) {
 
 func TestRotateFailureAndUnconfigured(t *testing.T) {
 	e := newTestEnv(t)
-	resp, err := e.request(logical.UpdateOperation, "rotate", nil)
-	if statusOf(resp, err) != http.StatusBadRequest {
-		t.Fatalf("unconfigured rotate: %v %v", resp, err)
-	}
+	e.wantUnconfigured(e.request(logical.UpdateOperation, "rotate", nil))
 	e.configure(nil)
 	e.clock.Add(time.Minute)
 	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: 500})
-	resp, err = e.request(logical.UpdateOperation, "rotate", nil)
+	resp, err := e.request(logical.UpdateOperation, "rotate", nil)
 	if statusOf(resp, err) != http.StatusBadGateway || !strings.Contains(err.Error(), "HTTP 500") {
 		t.Fatalf("resp=%v err=%v", resp, err)
 	}

@@ -15,7 +15,9 @@ import (
 // against the declared schema by request.
 func TestStatus(t *testing.T) {
 	e := newTestEnv(t)
-	if s := e.status(); s["state"] != stateUnconfigured || s["token_valid"] != false || s["expires_at"] != "" {
+	if e.name != "" {
+		e.wantUnconfigured(e.request(logical.ReadOperation, "status", nil))
+	} else if s := e.status(); s["state"] != stateUnconfigured || s["token_valid"] != false || s["expires_at"] != "" {
 		t.Fatalf("unconfigured: %v", s)
 	}
 

@@ -64,10 +64,7 @@ func TestTokenRead(t *testing.T) {
 
 func TestTokenReadUnconfigured(t *testing.T) {
 	e := newTestEnv(t)
-	resp, err := e.request(logical.ReadOperation, "token", nil)
-	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "not configured") {
-		t.Fatalf("resp=%v err=%v", resp, err)
-	}
+	e.wantUnconfigured(e.request(logical.ReadOperation, "token", nil))
 }
 
 func TestTokenTTLCountsDown(t *testing.T) {
@@ -157,7 +154,7 @@ func TestSingleFlight(t *testing.T) {
 			defer wg.Done()
 			<-start
 			resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
-				Operation: logical.ReadOperation, Path: "token", Storage: e.storage,
+				Operation: logical.ReadOperation, Path: e.path("token"), Storage: e.storage,
 			})
 			if err == nil && resp.IsError() {
 				err = resp.Error()
@@ -218,11 +215,11 @@ func TestConcurrentTicksRotatesAndReads(t *testing.T) {
 			go func() { defer wg.Done(); _ = e.tick() }()
 			go func() {
 				defer wg.Done()
-				_, _ = e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "rotate", Storage: e.storage})
+				_, _ = e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: e.path("rotate"), Storage: e.storage})
 			}()
 			go func() {
 				defer wg.Done()
-				_, _ = e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: e.storage})
+				_, _ = e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation, Path: e.path("token"), Storage: e.storage})
 			}()
 		}
 		wg.Wait()
@@ -364,7 +361,7 @@ func TestRefreshBeforeRefreshTokenExpires(t *testing.T) {
 func BenchmarkTokenRead(b *testing.B) {
 	e := newTestEnv(b)
 	e.configure(nil)
-	req := &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: e.storage}
+	req := &logical.Request{Operation: logical.ReadOperation, Path: e.path("token"), Storage: e.storage}
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -382,7 +379,7 @@ func BenchmarkTokenReadParallel(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
-		req := &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: e.storage}
+		req := &logical.Request{Operation: logical.ReadOperation, Path: e.path("token"), Storage: e.storage}
 		for pb.Next() {
 			if _, err := e.b.HandleRequest(ctx, req); err != nil {
 				b.Fatal(err)
@@ -426,7 +423,7 @@ func TestQueuedReadersDoNotRereadStorage(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _ = e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: e.storage})
+			_, _ = e.b.HandleRequest(context.Background(), &logical.Request{Operation: logical.ReadOperation, Path: e.path("token"), Storage: e.storage})
 		}()
 	}
 	wg.Wait()
@@ -444,7 +441,7 @@ func TestTokenReadWithoutToken(t *testing.T) {
 	r := e.stored()
 	r.State, r.Token, r.RefreshToken, r.LastError = stateNeedLogin, "", "", "the refresh token was refused"
 	e.store(r)
-	e.b.invalidate(context.Background(), recordKey)
+	e.b.invalidate(context.Background(), accountKey(e.name))
 	resp, err := e.request(logical.ReadOperation, "token", nil)
 	if statusOf(resp, err) != http.StatusBadGateway || !strings.Contains(err.Error(), "no Teletracker token is held: the session needs re-authentication") {
 		t.Fatalf("resp=%v err=%v", resp, err)
@@ -482,11 +479,12 @@ func TestTokenReadSkipsFrameworkWork(t *testing.T) {
 	}
 	srv := httptest.NewServer(fakett.New(fakett.Options{}))
 	defer srv.Close()
-	if _, err := b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: "config", Storage: conf.StorageView,
+	e := &testEnv{name: testAccount}
+	if _, err := b.HandleRequest(context.Background(), &logical.Request{Operation: logical.UpdateOperation, Path: e.path("config"), Storage: conf.StorageView,
 		Data: map[string]interface{}{"base_url": srv.URL, "username": "demo", "password": "demo-password"}}); err != nil {
 		t.Fatal(err)
 	}
-	req := &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: conf.StorageView}
+	req := &logical.Request{Operation: logical.ReadOperation, Path: e.path("token"), Storage: conf.StorageView}
 	if _, err := b.HandleRequest(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
@@ -508,7 +506,7 @@ func TestReadWithoutCopyDoesNotWait(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	want := e.readToken().Data["token"]
-	e.b.invalidate(context.Background(), recordKey)
+	e.b.invalidate(context.Background(), accountKey(e.name))
 	e.a().refreshMu.Lock() // a slow refresh, say
 	got := make(chan interface{}, 1)
 	go func() { got <- e.readToken().Data["token"] }()
@@ -692,7 +690,7 @@ func TestMinTTLLongerThanLifetimeRefusedWithoutCall(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)
 	e.clock.Add(time.Minute) // past the floor after the login
-	e.b.invalidate(context.Background(), recordKey)
+	e.b.invalidate(context.Background(), accountKey(e.name))
 	resp, err := e.request(logical.ReadOperation, "token", map[string]interface{}{"min_ttl": "2h"})
 	if code := statusOf(resp, err); code != http.StatusBadRequest {
 		t.Fatalf("min_ttl 2h for 1h tokens: HTTP %d, want 400", code)

@@ -16,6 +16,7 @@ import (
 // token is not sent again while the first call may still be under way.
 func TestMigratedPendingRefreshWaitsForItsCall(t *testing.T) {
 	e := newTestEnv(t)
+	e.defaultOnly() // v0.1.0 had one account
 	rt := mustSession(t, e.fake)
 	cfg := config{BaseURL: e.url, Username: "demo", RefreshMargin: defaultRefreshMargin, RequestTimeout: 30 * time.Second}
 	cfgJSON, _ := json.Marshal(cfg)
@@ -38,6 +39,7 @@ func TestMigratedPendingRefreshWaitsForItsCall(t *testing.T) {
 // TestMigrationFromV010: a mount written by v0.1.0 (config and session
 // apart) is read once, stored as one record, and served without a call.
 func TestMigrationFromV010(t *testing.T) {
+	(&testEnv{t: t, name: testAccount}).defaultOnly() // v0.1.0 had one account
 	cases := []struct {
 		name    string
 		session string // the v0.1.0 session entry, %q the identity

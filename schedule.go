@@ -100,18 +100,17 @@ func tickAt(r *record, now time.Time) time.Time {
 func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error {
 	defer b.proc.releaseMemory(b.mono())
 	now := b.now()
+	var loadErr error
 	switch last := b.lastTick(); {
 	case !b.loaded.Load() && b.WriteSafeReplicationState():
-		if err := b.loadAll(ctx, req.Storage); err != nil {
-			return err
-		}
+		loadErr = b.loadAll(ctx, req.Storage) // what did load is scheduled; the rest is tried again next tick
 	case !last.IsZero() && ahead(now, last):
 		b.scheduleAll(now) // the clock was set back: every time kept is in its future
 	}
 	b.tickedAt.Store(now.UnixNano())
 	due := b.sched.due(now)
 	if len(due) == 0 {
-		return nil
+		return loadErr
 	}
 	// The account whose token stops being served first goes first; what the
 	// budget cannot serve before maxPaceWait waits for the next tick.
@@ -139,7 +138,7 @@ func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error 
 	}
 	close(work)
 	wg.Wait()
-	return errors.Join(errs...)
+	return errors.Join(append(errs, loadErr)...)
 }
 
 // tick brings a up to date on the mount's tick. A deleted account is
