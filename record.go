@@ -61,6 +61,9 @@ type record struct {
 	LastError string `json:"last_error,omitempty"`
 	// LastErrorAt is when it happened.
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// LastErrorVetted says this version wrote the record: one written before
+	// v0.3.0 may hold Teletracker's own text in LastError, which is not shown.
+	LastErrorVetted bool `json:"last_error_vetted,omitempty"`
 
 	// unsaved is set on a record storage refused (see backend.held).
 	unsaved bool
@@ -111,11 +114,15 @@ func (r *record) health(now time.Time) string {
 	return stateHealthy
 }
 
+// earlierErrorText stands for the last error of a record an earlier version
+// wrote: that text may hold Teletracker's own words, echoing a secret.
+const earlierErrorText = "a failure recorded by an earlier version of the engine (its text is not shown: it may quote Teletracker)"
+
 // getRecord returns the record stored at key, nil when there is none. The
 // default account still in the v0.1.0 layout is read from it; legacy says so.
 func getRecord(ctx context.Context, s logical.Storage, key string) (r *record, legacy bool, err error) {
 	if r, err = getEntry[record](ctx, s, key); err != nil || r != nil || key != recordKey {
-		return r, false, err
+		return r.vetted(), false, err
 	}
 	cfg, err := getEntry[config](ctx, s, legacyConfigKey)
 	if err != nil || cfg == nil {
@@ -128,9 +135,20 @@ func getRecord(ctx context.Context, s logical.Storage, key string) (r *record, l
 	return fromV010(cfg, old), true, nil
 }
 
+// vetted is r (nil for nil) with a last error an earlier version wrote
+// replaced by earlierErrorText.
+func (r *record) vetted() *record {
+	if r != nil && !r.LastErrorVetted && r.LastError != "" {
+		r.LastError = earlierErrorText
+	}
+	return r
+}
+
 // putRecord stores r at key.
 func putRecord(ctx context.Context, s logical.Storage, key string, r *record) error {
-	entry, err := logical.StorageEntryJSON(key, r)
+	vetted := *r
+	vetted.LastErrorVetted = true
+	entry, err := logical.StorageEntryJSON(key, &vetted)
 	if err != nil {
 		return fmt.Errorf("encoding the record: %w", err)
 	}
@@ -190,7 +208,7 @@ func fromV010(cfg *config, s *legacySession) *record {
 	if s == nil {
 		return &record{Config: *cfg, State: stateNeedLogin, LastError: "no session was stored"}
 	}
-	r := s.record
+	r := *s.record.vetted()
 	r.Config = *cfg
 	r.LastCallAt = later(s.LastRefreshAt, s.LastErrorAt)
 	r.HoldUntil = later(r.LastCallAt.Add(minCallInterval), s.RetryAfterUntil)

@@ -97,3 +97,34 @@ func TestMigrationFromV010(t *testing.T) {
 		})
 	}
 }
+
+// A record written before v0.3.0 may hold Teletracker's own text, echoing a
+// secret, in its last error (an earlier version only redacted it): status
+// does not show it, and the record stored again marks its text as this
+// version's.
+func TestEarlierVersionsLastErrorNotShown(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	r := e.stored()
+	echo := "teletracker said: invalid refresh token " + r.RefreshToken
+	r.LastError, r.LastErrorAt, r.LastErrorVetted = echo, e.clock.Now(), false
+	entry, err := logical.StorageEntryJSON(accountKey(e.name), r) // as v0.2.0 wrote it
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.storage.Put(context.Background(), entry); err != nil {
+		t.Fatal(err)
+	}
+	e.b.Invalidate(context.Background(), accountKey(e.name))
+	if got := e.status()["last_error"]; got != earlierErrorText {
+		t.Fatalf("status last_error = %q, want %q", got, earlierErrorText)
+	}
+	e.clock.Add(time.Hour) // due: the tick refreshes and stores the record again
+	if err := e.tick(); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.stored(); !got.LastErrorVetted || strings.Contains(got.LastError, r.RefreshToken) {
+		t.Fatalf("stored again: vetted %v, last_error %q", got.LastErrorVetted, got.LastError)
+	}
+	e.checkNoSecretsLogged()
+}
