@@ -12,9 +12,11 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -189,6 +191,13 @@ func (c *client) refresh(ctx context.Context, refreshToken string) (*grant, erro
 // call posts form to op and parses the answer. secret is the credential
 // sent, which no error code Teletracker answers with may share text with.
 func (c *client) call(ctx context.Context, op string, form url.Values, secret string) (*grant, error) {
+	// A connection dialled but never handed to the request failed in the
+	// proxy's CONNECT or the TLS handshake: nothing reached Teletracker.
+	var dialled, gotConn atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		ConnectDone: func(_, _ string, err error) { dialled.Store(err == nil) },
+		GotConn:     func(httptrace.GotConnInfo) { gotConn.Store(true) },
+	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+op, strings.NewReader(form.Encode()))
 	if err != nil {
 		return nil, &upstreamError{kind: failTransient, op: op, detail: "cannot build request"}
@@ -198,7 +207,7 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, transportError(op, err)
+		return nil, transportError(op, err, dialled.Load() && !gotConn.Load())
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
@@ -218,7 +227,8 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 }
 
 // transportError classifies an error from the HTTP round trip. Only a
-// failure to connect proves the request was never sent.
+// failure to connect (to Teletracker, or to the proxy) proves the request
+// was never sent.
 //
 // Go's own texts for what happens once connected quote the server: its
 // status line ("malformed HTTP response %q"), a header line, an HTTP/2
@@ -228,7 +238,11 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 // the proxy's); the rest is told in the engine's words (certText, connText).
 // No text here holds the request's URL (url.Error is not used, and base_url
 // holds no credentials or query anyway) or its body.
-func transportError(op string, err error) *upstreamError {
+//
+// unsent says a connection was dialled but never carried the request (the
+// proxy refused the CONNECT, in words of its own, or TLS failed): then the
+// request was not sent either.
+func transportError(op string, err error, unsent bool) *upstreamError {
 	ue := &upstreamError{kind: failUnknown, op: op}
 	var opErr *net.OpError
 	var netErr net.Error
@@ -238,12 +252,18 @@ func transportError(op string, err error) *upstreamError {
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		ue.kind = failTransient
 		ue.detail = "cannot connect: " + opErr.Err.Error()
+	case errors.As(err, &opErr) && opErr.Op == "proxyconnect":
+		ue.kind = failTransient // the proxy was not reached
+		ue.detail = "cannot connect to the proxy" + connText(opErr.Err)
 	case errors.As(err, &certErr):
 		ue.kind = failTransient
 		ue.detail = "TLS handshake failed: " + certText(certErr.Err)
 	case errors.As(err, &recordErr):
 		ue.kind = failTransient
 		ue.detail = "TLS handshake failed: the server did not answer with TLS"
+	case unsent:
+		ue.kind = failTransient
+		ue.detail = "cannot connect: the connection failed before the request was sent" + connText(err)
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
 		ue.detail = "request timed out; the outcome is unknown"
 	case errors.Is(err, context.Canceled):

@@ -443,3 +443,43 @@ func TestTransportErrorsHoldNoServerText(t *testing.T) {
 		}
 	}
 }
+
+// A proxy that refuses the CONNECT (or cannot be reached) stops the call
+// before anything reaches Teletracker: the refresh token was not sent, so
+// the failure is transient, not unknown, and the proxy's text is not passed
+// on.
+func TestProxyRefusalIsNotSent(t *testing.T) {
+	const echo = "proxy-says-4f2a9c"
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Read(make([]byte, 4096))
+			_, _ = io.WriteString(c, "HTTP/1.1 403 "+echo+"\r\n\r\n")
+			c.Close()
+		}
+	}()
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedURL := "http://" + closed.Addr().String()
+	closed.Close()
+	for name, proxy := range map[string]string{"refused CONNECT": "http://" + l.Addr().String(), "unreachable proxy": closedURL} {
+		proxyURL, _ := url.Parse(proxy)
+		cfg := &config{BaseURL: "https://teletracker.example", RequestTimeout: 2 * time.Second}
+		c := newClient(cfg, &http.Transport{Proxy: http.ProxyURL(proxyURL)}, time.Now)
+		_, err := c.refresh(context.Background(), "rt")
+		var ue *upstreamError
+		if !errors.As(err, &ue) || ue.kind != failTransient || strings.Contains(err.Error(), echo) {
+			t.Errorf("%s: %v (want a transient failure without the proxy's text)", name, err)
+		}
+	}
+}
