@@ -134,7 +134,14 @@ disable_mlock    = true
 		}
 	}
 
-	init, err := cl.nodes[0].client.Sys().Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
+	// Init generates the keys and commits the first Raft entries: seconds
+	// on a busy machine, more than the probes' 10 s timeout.
+	initClient, err := cl.nodes[0].client.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	initClient.SetClientTimeout(time.Minute)
+	init, err := initClient.Sys().Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
 	if err != nil {
 		t.Fatalf("init %s: %v", cl.nodes[0].id, err)
 	}
