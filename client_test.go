@@ -393,25 +393,7 @@ func sessionGUID(t *testing.T, e *testEnv) string {
 // certificate); none of that reaches the error.
 func TestTransportErrorsHoldNoServerText(t *testing.T) {
 	const echo = "rt-echoed-4f2a9c"
-	raw := func(answer string) string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				_, _ = c.Read(make([]byte, 4096))
-				_, _ = io.WriteString(c, answer)
-				c.Close()
-			}
-		}()
-		return "http://" + l.Addr().String()
-	}
+	raw := func(answer string) string { return rawServer(t, answer) }
 	caPEM, cert := testCA(t, echo+".example")
 	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
@@ -450,6 +432,28 @@ func TestTransportErrorsHoldNoServerText(t *testing.T) {
 // on.
 func TestProxyRefusalIsNotSent(t *testing.T) {
 	const echo = "proxy-says-4f2a9c"
+	refusing := rawServer(t, "HTTP/1.1 403 "+echo+"\r\n\r\n")
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedURL := "http://" + closed.Addr().String()
+	closed.Close()
+	for name, proxy := range map[string]string{"refused CONNECT": refusing, "unreachable proxy": closedURL} {
+		proxyURL, _ := url.Parse(proxy)
+		cfg := &config{BaseURL: "https://teletracker.example", RequestTimeout: 2 * time.Second}
+		c := newClient(cfg, &http.Transport{Proxy: http.ProxyURL(proxyURL)}, time.Now)
+		_, err := c.refresh(context.Background(), "rt")
+		var ue *upstreamError
+		if !errors.As(err, &ue) || ue.kind != failTransient || strings.Contains(err.Error(), echo) {
+			t.Errorf("%s: %v (want a transient failure without the proxy's text)", name, err)
+		}
+	}
+}
+
+// rawServer is the URL of a loopback server that answers every connection
+// with answer, whatever it is sent, and closes it.
+func rawServer(t *testing.T, answer string) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -462,24 +466,9 @@ func TestProxyRefusalIsNotSent(t *testing.T) {
 				return
 			}
 			_, _ = c.Read(make([]byte, 4096))
-			_, _ = io.WriteString(c, "HTTP/1.1 403 "+echo+"\r\n\r\n")
+			_, _ = io.WriteString(c, answer)
 			c.Close()
 		}
 	}()
-	closed, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closedURL := "http://" + closed.Addr().String()
-	closed.Close()
-	for name, proxy := range map[string]string{"refused CONNECT": "http://" + l.Addr().String(), "unreachable proxy": closedURL} {
-		proxyURL, _ := url.Parse(proxy)
-		cfg := &config{BaseURL: "https://teletracker.example", RequestTimeout: 2 * time.Second}
-		c := newClient(cfg, &http.Transport{Proxy: http.ProxyURL(proxyURL)}, time.Now)
-		_, err := c.refresh(context.Background(), "rt")
-		var ue *upstreamError
-		if !errors.As(err, &ue) || ue.kind != failTransient || strings.Contains(err.Error(), echo) {
-			t.Errorf("%s: %v (want a transient failure without the proxy's text)", name, err)
-		}
-	}
+	return "http://" + l.Addr().String()
 }
