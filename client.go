@@ -191,12 +191,13 @@ func (c *client) refresh(ctx context.Context, refreshToken string) (*grant, erro
 // call posts form to op and parses the answer. secret is the credential
 // sent, which no error code Teletracker answers with may share text with.
 func (c *client) call(ctx context.Context, op string, form url.Values, secret string) (*grant, error) {
-	// A connection dialled but never handed to the request failed in the
-	// proxy's CONNECT or the TLS handshake: nothing reached Teletracker.
+	// A request that dialled but never got a connection failed in the dial
+	// (to Teletracker or a proxy), the proxy's CONNECT or the TLS
+	// handshake: nothing reached Teletracker.
 	var dialled, gotConn atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		ConnectDone: func(_, _ string, err error) { dialled.Store(err == nil) },
-		GotConn:     func(httptrace.GotConnInfo) { gotConn.Store(true) },
+		ConnectStart: func(_, _ string) { dialled.Store(true) },
+		GotConn:      func(httptrace.GotConnInfo) { gotConn.Store(true) },
 	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+op, strings.NewReader(form.Encode()))
 	if err != nil {
@@ -227,8 +228,8 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 }
 
 // transportError classifies an error from the HTTP round trip. Only a
-// failure to connect (to Teletracker, or to the proxy) proves the request
-// was never sent.
+// failure to connect (to Teletracker or a proxy, in the dial, CONNECT or
+// TLS handshake) proves the request was never sent.
 //
 // Go's own texts for what happens once connected quote the server: its
 // status line ("malformed HTTP response %q"), a header line, an HTTP/2
@@ -239,9 +240,9 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 // No text here holds the request's URL (url.Error is not used, and base_url
 // holds no credentials or query anyway) or its body.
 //
-// unsent says a connection was dialled but never carried the request (the
-// proxy refused the CONNECT, in words of its own, or TLS failed): then the
-// request was not sent either.
+// unsent says the request dialled but never got a connection (a proxy
+// unreachable or refusing the CONNECT, in words of its own, or TLS failed):
+// then it was not sent either.
 func transportError(op string, err error, unsent bool) *upstreamError {
 	ue := &upstreamError{kind: failUnknown, op: op}
 	var opErr *net.OpError
@@ -252,9 +253,6 @@ func transportError(op string, err error, unsent bool) *upstreamError {
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		ue.kind = failTransient
 		ue.detail = "cannot connect: " + opErr.Err.Error()
-	case errors.As(err, &opErr) && opErr.Op == "proxyconnect":
-		ue.kind = failTransient // the proxy was not reached
-		ue.detail = "cannot connect to the proxy" + connText(opErr.Err)
 	case errors.As(err, &certErr):
 		ue.kind = failTransient
 		ue.detail = "TLS handshake failed: " + certText(certErr.Err)
