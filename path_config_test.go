@@ -277,44 +277,6 @@ func TestConfigDelete(t *testing.T) {
 	e.wantGone()
 }
 
-// wantUnconfigured fails the test unless resp and err answer a request to
-// an account with no config: a 400 that says so for the default account,
-// a 404 that says there is no such account for a named one.
-func (e *testEnv) wantUnconfigured(resp *logical.Response, err error) {
-	e.t.Helper()
-	if e.name != "" {
-		if statusOf(resp, err) != http.StatusNotFound || !strings.Contains(err.Error(), "no account named") {
-			e.t.Fatalf("a request to an unknown account: %v %v, want 404", resp, err)
-		}
-		return
-	}
-	if statusOf(resp, err) != http.StatusBadRequest || !strings.Contains(resp.Error().Error(), "not configured") {
-		e.t.Fatalf("a request to an unconfigured mount: %v %v, want 400", resp, err)
-	}
-}
-
-// wantGone fails the test unless the account has no config: the default
-// account answers that it is not configured, a named one that it does not
-// exist (404), on token and status alike.
-func (e *testEnv) wantGone() {
-	e.t.Helper()
-	if e.name != "" {
-		for _, p := range []string{"token", "status"} {
-			if resp, err := e.request(logical.ReadOperation, p, nil); statusOf(resp, err) != http.StatusNotFound || !strings.Contains(err.Error(), "no account named") {
-				e.t.Fatalf("%s of a deleted account: %v %v, want 404", p, resp, err)
-			}
-		}
-		return
-	}
-	resp, err := e.request(logical.ReadOperation, "token", nil)
-	if !errors.Is(err, logical.ErrInvalidRequest) || !strings.Contains(resp.Error().Error(), "not configured") {
-		e.t.Fatalf("token after delete: %v %v", resp, err)
-	}
-	if got := e.status()["state"]; got != stateUnconfigured {
-		e.t.Fatalf("state %v", got)
-	}
-}
-
 func TestConfigCACert(t *testing.T) {
 	fake := fakett.New(fakett.Options{})
 	srv := httptest.NewUnstartedServer(fake)
