@@ -142,6 +142,10 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 		return b.pathTokenRead(ctx, req, nil)
 	case req.Operation == logical.HelpOperation && req.Path == "":
 		return b.rootHelp(ctx, req)
+	case (req.Path == "accounts" || req.Path == "accounts/") && req.Operation != logical.ListOperation && req.Operation != logical.HelpOperation:
+		// An account's path without its name: the name is what is wrong,
+		// not the operation (the LIST path has no other).
+		return respond(triggerRead, checkAccountName(""), b.now())
 	}
 	return b.Backend.HandleRequest(ctx, req)
 }
