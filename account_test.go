@@ -2,9 +2,12 @@ package teletracker
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,6 +105,15 @@ func (g *gate) callCount() int {
 type keyFaults struct {
 	logical.Storage
 	fail func(key string) bool
+	// lists, when set, counts the Lists.
+	lists *atomic.Int64
+}
+
+func (s keyFaults) List(ctx context.Context, prefix string) ([]string, error) {
+	if s.lists != nil {
+		s.lists.Add(1)
+	}
+	return s.Storage.List(ctx, prefix)
 }
 
 func (s keyFaults) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
@@ -137,4 +149,165 @@ func finishes(t *testing.T, what string, release func(), f func()) {
 	if !failsafe.Stop() {
 		t.Fatalf("%s waited for another account's call", what)
 	}
+}
+
+// fastBudget gives e's mount a process of 1000 calls a second, so that
+// setting up many accounts does not wait for the pacer on the real clock.
+func (e *testEnv) fastBudget() {
+	e.b.proc = newProcess(1000)
+}
+
+// generation is the named account's stored generation, 0 if none.
+func (e *testEnv) generation(name string) int64 {
+	r, err := getEntry[record](context.Background(), e.storage.Storage, accountKey(name))
+	if err != nil || r == nil {
+		return 0
+	}
+	return int64(r.Generation)
+}
+
+// TestSlowCallOfOneAccountDelaysNoOther: while account slow's call hangs
+// upstream under its lock, account quick's token read that needs a new
+// token, its rotate and its refresh on a tick all go ahead. The tick is
+// the mount's first (the env calls no Initialize), so it makes the full
+// pass too, as on a node whose Initialize failed or could not write.
+func TestSlowCallOfOneAccountDelaysNoOther(t *testing.T) {
+	e := newTestEnv(t)
+	g := newGate(t, e)
+	e.configureAccount("slow", map[string]interface{}{"base_url": g.url, "request_timeout": "30s"})
+	e.configureAccount("quick", nil)
+	e.clock.Add(15 * time.Minute)
+	g.close()
+	rotated := make(chan error, 1)
+	go func() {
+		_, err := e.request(logical.UpdateOperation, "rotate/slow", nil)
+		rotated <- err
+	}()
+	<-g.arrived // slow's refresh is upstream, its lock held
+
+	var readErr, rotateErr, tickErr error
+	gen := e.generation("quick")
+	finishes(t, "a read of quick that needs a new token", g.open, func() {
+		_, readErr = e.request(logical.ReadOperation, "token/quick", map[string]interface{}{"min_ttl": "50m"})
+	})
+	if readErr != nil || e.generation("quick") != gen+1 {
+		t.Fatalf("quick's read: %v, generation %d, want %d", readErr, e.generation("quick"), gen+1)
+	}
+	e.clock.Add(minCallInterval)
+	finishes(t, "a rotate of quick", g.open, func() {
+		_, rotateErr = e.request(logical.UpdateOperation, "rotate/quick", nil)
+	})
+	if rotateErr != nil || e.generation("quick") != gen+2 {
+		t.Fatalf("quick's rotate: %v, generation %d, want %d", rotateErr, e.generation("quick"), gen+2)
+	}
+	e.clock.Add(51 * time.Minute) // both are due; slow's lock is still held
+	ticked := make(chan struct{})
+	go func() { defer close(ticked); tickErr = e.tick() }()
+	finishes(t, "quick's refresh on a tick", g.open, func() {
+		for e.generation("quick") != gen+3 {
+			time.Sleep(time.Millisecond)
+		}
+	})
+	g.open()
+	if err := <-rotated; err != nil {
+		t.Fatalf("slow's rotate: %v", err)
+	}
+	<-ticked
+	if tickErr != nil {
+		t.Fatalf("tick: %v", tickErr)
+	}
+	for _, name := range []string{"slow", "quick"} {
+		if s := e.mustRequest(logical.ReadOperation, "status/"+name, nil).Data; s["state"] != stateHealthy {
+			t.Errorf("%s: %v", name, s)
+		}
+	}
+	e.wantNoReuse()
+}
+
+// TestStorageFailureOfOneAccountFailsNoOther: storage that fails every
+// read and write of account broken's entry fails none of account fine's
+// reads or ticks, on a running node and on one just started; the tick's
+// error names broken alone, and status says broken is degraded.
+func TestStorageFailureOfOneAccountFailsNoOther(t *testing.T) {
+	e := newTestEnv(t)
+	e.configureAccount("broken", nil)
+	e.configureAccount("fine", nil)
+	s := keyFaults{Storage: e.storage, fail: func(key string) bool { return key == accountsPrefix+"broken" }, lists: &atomic.Int64{}}
+	for _, name := range []string{"broken", "fine"} {
+		e.b.invalidate(context.Background(), accountsPrefix+name) // reads must go to storage
+	}
+	if resp, err := e.handle(s, logical.ReadOperation, "token/fine", nil); err != nil || resp.IsError() {
+		t.Fatalf("fine's read: resp=%v err=%v", resp, err)
+	}
+	if _, err := e.handle(s, logical.ReadOperation, "token/broken", nil); err == nil {
+		t.Fatal("setup: broken's read did not fail")
+	}
+	gen := e.generation("fine")
+	e.clock.Add(51 * time.Minute)
+	err := e.b.periodicFunc(context.Background(), &logical.Request{Storage: s})
+	if err == nil || !errors.Is(err, errStorageDown) {
+		t.Fatalf("tick: %v, want broken's storage failure", err)
+	}
+	if e.generation("fine") != gen+1 {
+		t.Fatal("fine was not refreshed on a tick that failed for broken")
+	}
+	if st := e.mustRequest(logical.ReadOperation, "status/fine", nil).Data; st["state"] != stateHealthy {
+		t.Fatalf("fine: %v", st)
+	}
+	resp, err := e.request(logical.ReadOperation, "status/broken", nil) // as this node knows it
+	if err != nil || resp.Data["state"] != stateDegraded || !strings.Contains(resp.Data["last_error"].(string), "storage") {
+		t.Fatalf("broken: resp=%v err=%v, want degraded by storage", resp, err)
+	}
+
+	// A node that starts while broken's entry cannot be read.
+	e.b = restart(t, e)
+	if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: s}); err == nil {
+		t.Fatal("setup: Initialize read broken's entry")
+	}
+	if resp, err := e.handle(s, logical.ReadOperation, "token/fine", nil); err != nil || resp.IsError() {
+		t.Fatalf("fine's read after a start: resp=%v err=%v", resp, err)
+	}
+	e.clock.Add(51 * time.Minute)
+	s.lists.Store(0)
+	for range 3 {
+		_ = e.b.periodicFunc(context.Background(), &logical.Request{Storage: s})
+		e.clock.Add(time.Minute)
+	}
+	if e.generation("fine") != gen+2 {
+		t.Fatal("fine was not refreshed by the new node's tick")
+	}
+	if n := s.lists.Load(); n != 0 {
+		t.Fatalf("%d ticks listed every account again, after Initialize's full pass failed for broken alone", n)
+	}
+	e.wantNoReuse()
+}
+
+// TestBadAnswerForOneAccountLeavesOthersHealthy: an upstream that answers
+// account bad's calls with garbage degrades bad alone.
+func TestBadAnswerForOneAccountLeavesOthersHealthy(t *testing.T) {
+	e := newTestEnv(t)
+	var garbage atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if garbage.Load() {
+			_, _ = w.Write([]byte(`{"success":true,"tokenLifetime":-1}`))
+			return
+		}
+		e.fake.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	e.configureAccount("bad", map[string]interface{}{"base_url": srv.URL})
+	e.configureAccount("good", nil)
+	garbage.Store(true)
+	gen := e.generation("good")
+	e.clock.Add(51 * time.Minute)
+	if err := e.tick(); err != nil {
+		t.Fatalf("tick: %v", err)
+	}
+	if st := e.mustRequest(logical.ReadOperation, "status/bad", nil).Data; st["state"] != stateDegraded {
+		t.Fatalf("bad: %v", st)
+	}
+	if st := e.mustRequest(logical.ReadOperation, "status/good", nil).Data; st["state"] != stateHealthy || st["consecutive_failures"] != 0 || e.generation("good") != gen+1 {
+		t.Fatalf("good: %v, generation %d", st, e.generation("good"))
+	}
+	e.mustRequest(logical.ReadOperation, "token/good", nil)
 }
