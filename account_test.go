@@ -311,3 +311,103 @@ func TestBadAnswerForOneAccountLeavesOthersHealthy(t *testing.T) {
 	}
 	e.mustRequest(logical.ReadOperation, "token/good", nil)
 }
+
+// TestDeleteDuringRefreshLosesNothing: account doomed is deleted while its
+// refresh hangs upstream. The delete waits for it, account keeper is not
+// touched, no tick calls for doomed after the delete, doomed is forgotten
+// once its waits are over, and the name can be configured again, with new
+// credentials.
+func TestDeleteDuringRefreshLosesNothing(t *testing.T) {
+	e := newTestEnv(t)
+	g := newGate(t, e)
+	e.configureAccount("doomed", map[string]interface{}{"base_url": g.url, "request_timeout": "30s"})
+	e.configureAccount("keeper", nil)
+	keeper := e.storedAccount("keeper")
+	e.clock.Add(time.Minute)
+	g.close()
+	rotated, deleted := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := e.request(logical.UpdateOperation, "rotate/doomed", nil)
+		rotated <- err
+	}()
+	<-g.arrived
+	go func() {
+		_, err := e.request(logical.DeleteOperation, "accounts/doomed", nil)
+		deleted <- err
+	}()
+	var readErr error
+	finishes(t, "keeper's read", g.open, func() { _, readErr = e.request(logical.ReadOperation, "token/keeper", nil) })
+	if readErr != nil {
+		t.Fatal(readErr)
+	}
+	g.open()
+	if err := <-rotated; err != nil {
+		t.Fatalf("the rotate under way: %v", err)
+	}
+	if err := <-deleted; err != nil {
+		t.Fatalf("the delete: %v", err)
+	}
+	if r := e.storedAccount("doomed"); r != nil {
+		t.Fatalf("doomed is still stored: %+v", r)
+	}
+	if r := e.storedAccount("keeper"); r.RefreshToken != keeper.RefreshToken || r.Token != keeper.Token || !e.fake.Live(r.Token) {
+		t.Fatal("keeper's session changed with doomed's delete")
+	}
+	calls := g.callCount()
+	for range 3 {
+		e.clock.Add(time.Minute)
+		if err := e.tick(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := g.callCount() - calls; n != 0 {
+		t.Fatalf("%d calls for doomed after its delete", n)
+	}
+	e.b.accountsMu.RLock()
+	_, kept := e.b.accounts["doomed"]
+	e.b.accountsMu.RUnlock()
+	if kept || e.b.sched.heap.Len() != 1 { // keeper's
+		t.Fatalf("doomed is not forgotten once its waits are over (in memory %v, %d scheduled)", kept, e.b.sched.heap.Len())
+	}
+	e.wantNoReuse()
+
+	// The name again: a new account, which needs credentials.
+	resp, err := e.request(logical.UpdateOperation, "accounts/doomed", map[string]interface{}{"base_url": e.url, "username": "demo"})
+	if statusOf(resp, err) != http.StatusBadRequest {
+		t.Fatalf("recreating without credentials: resp=%v err=%v, want 400", resp, err)
+	}
+	logins := e.fake.Stats().LoginCalls
+	e.configureAccount("doomed", nil)
+	if e.fake.Stats().LoginCalls != logins+1 {
+		t.Fatal("recreating doomed did not log in")
+	}
+	e.mustRequest(logical.ReadOperation, "token/doomed", nil)
+	if s := e.mustRequest(logical.ReadOperation, "status/doomed", nil).Data; s["state"] != stateHealthy || s["refresh_count"] != int64(0) {
+		t.Fatalf("the recreated account: %v", s)
+	}
+}
+
+// TestInvalidateOfOneAccountDropsItsSnapshotAlone: a change to account
+// a's entry drops a's snapshot; b's and the default account's stand.
+func TestInvalidateOfOneAccountDropsItsSnapshotAlone(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.configureAccount("a", nil)
+	e.configureAccount("b", nil)
+	for _, p := range []string{"token", "token/a", "token/b"} {
+		e.mustRequest(logical.ReadOperation, p, nil)
+	}
+	e.b.invalidate(context.Background(), accountsPrefix+"a")
+	if e.b.account("a").snap.Load() != nil {
+		t.Fatal("a's snapshot stands after its entry changed")
+	}
+	if e.b.account("b").snap.Load() == nil || e.b.def().snap.Load() == nil {
+		t.Fatal("invalidating a dropped another account's snapshot")
+	}
+	for _, key := range []string{accountsPrefix, accountsPrefix + "A", accountsPrefix + "a/b", "accounts"} {
+		e.b.invalidate(context.Background(), key)
+	}
+	if e.b.account("b").snap.Load() == nil || e.b.def().snap.Load() == nil {
+		t.Fatal("a key of no account dropped a snapshot")
+	}
+}
