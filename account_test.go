@@ -387,6 +387,47 @@ func TestDeleteDuringRefreshLosesNothing(t *testing.T) {
 	}
 }
 
+// TestDeleteByAnotherNodeDuringRefreshStands: another node deletes account
+// doomed (Vault replicates the delete and calls Invalidate) while this
+// node's refresh of it is under way: the refresh's result does not bring
+// the deleted account back.
+func TestDeleteByAnotherNodeDuringRefreshStands(t *testing.T) {
+	e := newTestEnv(t)
+	g := newGate(t, e)
+	e.configureAccount("doomed", map[string]interface{}{"base_url": g.url, "request_timeout": "30s"})
+	e.clock.Add(time.Minute)
+	g.close()
+	rotated := make(chan struct{})
+	go func() { defer close(rotated); _, _ = e.request(logical.UpdateOperation, "rotate/doomed", nil) }()
+	<-g.arrived
+	if err := e.storage.Storage.Delete(context.Background(), accountsPrefix+"doomed"); err != nil {
+		t.Fatal(err)
+	}
+	e.b.invalidate(context.Background(), accountsPrefix+"doomed")
+	g.open()
+	<-rotated
+	if r := e.storedAccount("doomed"); r != nil {
+		t.Fatalf("the refresh under way brought the deleted account back: %+v", r)
+	}
+	if resp, err := e.request(logical.ReadOperation, "token/doomed", nil); statusOf(resp, err) != http.StatusNotFound {
+		t.Fatalf("token/doomed after its delete: resp=%v err=%v, want 404", resp, err)
+	}
+	calls := g.callCount()
+	for range 3 {
+		e.clock.Add(time.Minute)
+		_ = e.tick()
+	}
+	if n := g.callCount() - calls; n != 0 || e.storedAccount("doomed") != nil {
+		t.Fatalf("%d calls for doomed after its delete", n)
+	}
+	e.b.accountsMu.RLock()
+	_, kept := e.b.accounts["doomed"]
+	e.b.accountsMu.RUnlock()
+	if kept {
+		t.Fatal("doomed is not forgotten once its waits are over")
+	}
+}
+
 // TestInvalidateOfOneAccountDropsItsSnapshotAlone: a change to account
 // a's entry drops a's snapshot; b's and the default account's stand.
 func TestInvalidateOfOneAccountDropsItsSnapshotAlone(t *testing.T) {
