@@ -147,7 +147,7 @@ func finishes(t *testing.T, what string, release func(), f func()) {
 	failsafe := time.AfterFunc(10*time.Second, release)
 	<-done
 	if !failsafe.Stop() {
-		t.Fatalf("%s waited for another account's call", what)
+		t.Fatalf("%s waited for what it must not wait for", what)
 	}
 }
 
