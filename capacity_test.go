@@ -1,6 +1,7 @@
 package teletracker
 
 import (
+	"context"
 	"math"
 	"strings"
 	"testing"
@@ -49,5 +50,25 @@ func TestCapacityShortfallToldOnce(t *testing.T) {
 	}
 	if got, _ := e.b.proc.capacity(); math.Abs(got-(budget-1e-6)) > 1e-9 {
 		t.Fatalf("deleted accounts still counted: %v needed", got)
+	}
+}
+
+// TestNewFactoryRefusesBadCallsPerSecond: a budget outside 1..1000 calls
+// a second (or no number at all) makes no mount: the pacer would hand out
+// turns without end, or none.
+func TestNewFactoryRefusesBadCallsPerSecond(t *testing.T) {
+	for _, v := range []float64{0, -1, 0.5, 1000.5, math.NaN(), math.Inf(1), math.Inf(-1)} {
+		conf := logical.TestBackendConfig()
+		conf.StorageView = &logical.InmemStorage{}
+		if b, err := NewFactory(v)(context.Background(), conf); err == nil || b != nil {
+			t.Errorf("NewFactory(%v) made a mount", v)
+		}
+	}
+	for _, v := range []float64{1, DefaultCallsPerSecond, 1000} {
+		conf := logical.TestBackendConfig()
+		conf.StorageView = &logical.InmemStorage{}
+		if _, err := NewFactory(v)(context.Background(), conf); err != nil {
+			t.Errorf("NewFactory(%v): %v", v, err)
+		}
 	}
 }
