@@ -142,6 +142,10 @@ func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*log
 		return b.pathTokenRead(ctx, req, nil)
 	case req.Operation == logical.HelpOperation && req.Path == "":
 		return b.rootHelp(ctx, req)
+	case (req.Path == "accounts" || req.Path == "accounts/") && req.Operation != logical.ListOperation && req.Operation != logical.HelpOperation:
+		// An account's path without its name: the name is what is wrong,
+		// not the operation (the LIST path has no other).
+		return respond(triggerRead, checkAccountName(""), b.now())
 	}
 	return b.Backend.HandleRequest(ctx, req)
 }
@@ -159,6 +163,10 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 
 // loadAll loads and publishes every account's record: the full pass, made
 // by Initialize, or by the first tick on a node that could not write then.
+// It is made once: an account whose record cannot be read is left to the
+// ticks (scheduled now, each tick tries it again), and one whose lock is
+// held (a call under way) is its holder's to publish, so that neither
+// holds up the pass for the others, nor makes every tick a full pass.
 func (b *backend) loadAll(ctx context.Context, storage logical.Storage) error {
 	names, err := storage.List(ctx, accountsPrefix)
 	if err != nil {
@@ -166,20 +174,25 @@ func (b *backend) loadAll(ctx context.Context, storage logical.Storage) error {
 	}
 	var errs []error
 	for _, a := range append([]*account{b.def()}, b.named(names)...) {
-		r, err := a.apply(ctx, storage, trigger{kind: triggerTune}, nil)
+		if a.snap.Load() != nil || a.held.Load() != nil || !a.refreshMu.TryLock() {
+			b.sched.set(a, b.now()) // loaded already, or in use: the tick looks at it, under its lock
+			continue
+		}
+		r, err := a.applyLocked(ctx, storage, trigger{kind: triggerTune}, nil)
+		a.refreshMu.Unlock()
 		if r.configured() && r.State == stateInFlight {
 			a.log().Warn("found a refresh whose result was never stored; it is resolved once its call has surely ended",
 				"sent_at", r.InFlightAt.UTC().Format(time.RFC3339), "generation", r.Generation)
+		}
+		if r == nil && err != nil && !errors.Is(err, errNotConfigured) {
+			b.sched.set(a, b.now()) // its record could not be read: each tick tries again
 		}
 		if !errors.Is(err, errNotConfigured) {
 			errs = append(errs, err)
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
 	b.loaded.Store(true)
-	return nil
+	return errors.Join(errs...)
 }
 
 // named is the accounts of the names stored under accountsPrefix.

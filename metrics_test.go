@@ -179,3 +179,80 @@ func TestMetricsCountOnlyCallsMade(t *testing.T) {
 			value(t, m, "teletracker_upstream_request_duration_seconds", "op=refresh"), made)
 	}
 }
+
+// accountSeries is the series of m that carry an account label, as
+// "family{account}".
+func accountSeries(m map[string]*dto.MetricFamily) []string {
+	var series []string
+	for name, f := range m {
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "account" {
+					series = append(series, name+"{"+l.GetValue()+"}")
+				}
+			}
+		}
+	}
+	return series
+}
+
+// TestMetricsNamedAccounts: many healthy named accounts add no series of
+// their own, only the count by state; a degraded or reauth_required one
+// gets its series (state, failures, token expiry, with its name), and
+// loses them once healthy again.
+func TestMetricsNamedAccounts(t *testing.T) {
+	e := newTestEnv(t)
+	e.fastBudget()
+	e.configure(nil)
+	e.fleet("ok", 30, nil)
+	e.configureAccount("sick", nil)
+	e.configureAccount("lost", nil)
+	m := e.scrape()
+	if s := accountSeries(m); len(s) != 0 {
+		t.Fatalf("healthy accounts have series of their own: %v", s)
+	}
+	if got := value(t, m, "teletracker_accounts", "state=healthy"); got != 32 {
+		t.Fatalf("teletracker_accounts{state=healthy} = %v, want 32", got)
+	}
+	healthySize := len(m)
+
+	e.clock.Add(time.Minute)
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: http.StatusServiceUnavailable})
+	_, _ = e.request(logical.UpdateOperation, "rotate/sick", nil) // degraded
+	e.mustRequest(logical.UpdateOperation, "accounts/lost", map[string]interface{}{"password": ""})
+	e.fake.Fail("/auth/refresh", 1, fakett.Fault{Status: http.StatusUnauthorized})
+	_, _ = e.request(logical.UpdateOperation, "rotate/lost", nil) // refused, no password: reauth_required
+	m = e.scrape()
+	want := map[string]float64{
+		"teletracker_account_state|account=sick,state=degraded":        1,
+		"teletracker_account_state|account=lost,state=reauth_required": 1,
+		"teletracker_account_consecutive_failures|account=sick":        1,
+		"teletracker_account_token_expires_in_seconds|account=sick":    59 * 60,
+		"teletracker_accounts|state=healthy":                           30,
+		"teletracker_accounts|state=degraded":                          1,
+		"teletracker_accounts|state=reauth_required":                   1,
+		"teletracker_state|state=healthy":                              1, // the default account
+	}
+	for k, v := range want {
+		name, label, _ := strings.Cut(k, "|")
+		if got := value(t, m, name, label); got != v {
+			t.Errorf("%s{%s} = %v, want %v", name, label, got, v)
+		}
+	}
+	for _, s := range accountSeries(m) {
+		if !strings.HasSuffix(s, "{sick}") && !strings.HasSuffix(s, "{lost}") {
+			t.Errorf("a healthy account has a series: %s", s)
+		}
+	}
+
+	e.clock.Add(minCallInterval)
+	e.mustRequest(logical.UpdateOperation, "rotate/sick", nil)
+	e.configureAccount("lost", nil)
+	m = e.scrape()
+	if s := accountSeries(m); len(s) != 0 {
+		t.Fatalf("accounts healthy again keep series: %v", s)
+	}
+	if got := value(t, m, "teletracker_accounts", "state=healthy"); got != 32 || len(m) != healthySize {
+		t.Fatalf("teletracker_accounts{state=healthy} = %v, %d families (%d before)", got, len(m), healthySize)
+	}
+}

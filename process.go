@@ -31,6 +31,10 @@ const (
 	// turnShare is the share of the budget the pacer's turns give: the
 	// rest is room for the time between a call's turn and its sending.
 	turnShare = 0.9
+	// MinCallsPerSecond and MaxCallsPerSecond bound the budget a process
+	// may be given.
+	MinCallsPerSecond = 1
+	MaxCallsPerSecond = 1000
 	// transportIdle is how long a transport no call uses is kept.
 	transportIdle = 10 * time.Minute
 )
@@ -99,10 +103,21 @@ type sharedTransport struct {
 	lastUsed time.Time
 }
 
+// CheckCallsPerSecond says what is wrong with v as a process's budget.
+func CheckCallsPerSecond(v float64) error {
+	if !(v >= MinCallsPerSecond && v <= MaxCallsPerSecond) { // NaN too
+		return fmt.Errorf("calls per second must be between %d and %d, not %v", MinCallsPerSecond, MaxCallsPerSecond, v)
+	}
+	return nil
+}
+
 // NewFactory returns the factory of one plugin process whose calls reach
 // Teletracker at most callsPerSecond times a second: every mount it makes
-// shares one process.
+// shares one process. A budget CheckCallsPerSecond refuses makes no mount.
 func NewFactory(callsPerSecond float64) logical.Factory {
+	if err := CheckCallsPerSecond(callsPerSecond); err != nil {
+		return func(context.Context, *logical.BackendConfig) (logical.Backend, error) { return nil, err }
+	}
 	p := newProcess(callsPerSecond)
 	return func(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
 		b := newBackend(p)

@@ -133,7 +133,7 @@ func (a *account) spend(ctx context.Context, storage logical.Storage, prev, r *r
 	}
 	if marker != nil {
 		if other := a.movedOn(ctx, storage, marker, r); other != nil {
-			return other, callErr
+			return other, deletedOr(other, callErr)
 		}
 	}
 	return a.keep(ctx, storage, prev, r, t, marker != nil, callErr)
@@ -161,7 +161,7 @@ func (a *account) unsent(ctx context.Context, storage logical.Storage, prev, r *
 		back = &record{} // a first config write: nothing was stored before
 	}
 	if other := a.movedOn(ctx, storage, marker, back); other != nil {
-		return other, err
+		return other, deletedOr(other, err)
 	}
 	if !back.configured() {
 		back = back.waitsOnly()
@@ -184,6 +184,19 @@ func (a *account) unsent(ctx context.Context, storage logical.Storage, prev, r *
 // cannot be read (then storing r is what is left to do).
 func (a *account) movedOn(ctx context.Context, storage logical.Storage, marker, r *record) *record {
 	cur, _, err := getRecord(ctx, storage, a.key)
+	if err == nil && cur == nil && a.name != "" {
+		// Another node deleted the account during this node's call: it
+		// stays deleted, and only its waits (this call's among them) stay
+		// here, while they last.
+		a.log().Warn("the account was deleted during this node's call; it stays deleted")
+		gone := r.waitsOnly()
+		gone.LastCallAt = later(gone.LastCallAt, marker.LastCallAt)
+		gone.NotBefore = later(gone.NotBefore, marker.NotBefore)
+		gone.HoldUntil = later(gone.HoldUntil, marker.HoldUntil)
+		a.held.Store(nil)
+		a.gone.Store(gone)
+		return gone
+	}
 	if err != nil || cur == nil || (cur.State == marker.State && cur.InFlightAt.Equal(marker.InFlightAt) &&
 		cur.LastCallAt.Equal(marker.LastCallAt) && cur.Generation == marker.Generation && cur.RefreshToken == marker.RefreshToken) {
 		return nil
@@ -202,6 +215,15 @@ func (a *account) movedOn(ctx context.Context, storage logical.Storage, marker, 
 	a.log().Warn("another node moved the session on during this node's call; keeping its record", "generation", cur.Generation)
 	a.held.Store(nil)
 	return cur
+}
+
+// deletedOr is errNotConfigured when r, what another node left in
+// storage during a call, has no config (the account was deleted), else err.
+func deletedOr(r *record, err error) error {
+	if !r.configured() {
+		return errNotConfigured
+	}
+	return err
 }
 
 // keep stores r, what spend made of prev, unless it is prev, and returns the

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 
 	hclog "github.com/hashicorp/go-hclog"
@@ -14,26 +13,35 @@ import (
 )
 
 func main() {
-	meta := &api.PluginAPIClientMeta{}
-	flags := meta.FlagSet()
-	// vault plugin register -args=-calls-per-second=N raises the budget,
-	// where Teletracker grants this client a higher rate limit.
-	callsPerSecond := flags.Float64("calls-per-second", teletracker.DefaultCallsPerSecond,
-		"at most this many calls a second reach Teletracker, all mounts and accounts of the plugin together")
-	if err := flags.Parse(os.Args[1:]); err != nil {
+	meta, callsPerSecond, err := parseArgs(os.Args[1:])
+	if err != nil {
 		fatal(err)
 	}
-	if *callsPerSecond < 1 || *callsPerSecond > 1000 {
-		fatal(fmt.Errorf("-calls-per-second must be between 1 and 1000, not %v", *callsPerSecond))
-	}
-	err := plugin.ServeMultiplex(&plugin.ServeOpts{
-		BackendFactoryFunc: teletracker.NewFactory(*callsPerSecond),
+	err = plugin.ServeMultiplex(&plugin.ServeOpts{
+		BackendFactoryFunc: teletracker.NewFactory(callsPerSecond),
 		// For Vault versions without plugin AutoMTLS.
 		TLSProviderFunc: api.VaultPluginTLSProvider(meta.GetTLSConfig()),
 	})
 	if err != nil {
 		fatal(err)
 	}
+}
+
+// parseArgs parses the plugin's arguments: Vault's own, and
+// -calls-per-second, which vault plugin register -args=-calls-per-second=N
+// raises where Teletracker grants this client a higher rate limit.
+func parseArgs(args []string) (*api.PluginAPIClientMeta, float64, error) {
+	meta := &api.PluginAPIClientMeta{}
+	flags := meta.FlagSet()
+	callsPerSecond := flags.Float64("calls-per-second", teletracker.DefaultCallsPerSecond,
+		"at most this many calls a second reach Teletracker, all mounts and accounts of the plugin together")
+	if err := flags.Parse(args); err != nil {
+		return nil, 0, err
+	}
+	if err := teletracker.CheckCallsPerSecond(*callsPerSecond); err != nil {
+		return nil, 0, err
+	}
+	return meta, *callsPerSecond, nil
 }
 
 func fatal(err error) {
