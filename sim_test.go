@@ -47,12 +47,13 @@ import (
 )
 
 var (
-	simSeed     = flag.Uint64("sim.seed", 0, "simulation: run this seed only (0: seeds 1, 2, … for -sim.duration)")
-	simSteps    = flag.String("sim.steps", "", "simulation: with -sim.seed, replay only these steps of its schedule (comma-separated indices)")
-	simDuration = flag.Duration("sim.duration", 20*time.Second, "simulation: how long to run seeds for")
-	simLen      = flag.Int("sim.len", 300, "simulation: steps in each seed's schedule")
-	simRandom   = flag.Bool("sim.random", false, "simulation: start from a seed of the clock, not 1")
-	simLog      = flag.Bool("sim.log", false, "simulation: with -sim.seed, print the steps and the engine's log")
+	simSeed      = flag.Uint64("sim.seed", 0, "simulation: run this seed only (0: seeds 1, 2, … for -sim.duration)")
+	simSteps     = flag.String("sim.steps", "", "simulation: with -sim.seed, replay only these steps of its schedule (comma-separated indices)")
+	simDuration  = flag.Duration("sim.duration", 20*time.Second, "simulation: how long to run seeds for")
+	simLen       = flag.Int("sim.len", 300, "simulation: steps in each seed's schedule")
+	simRandom    = flag.Bool("sim.random", false, "simulation: start from a seed of the clock, not 1")
+	simShrinkFor = flag.Duration("sim.shrink", 2*time.Minute, "simulation: the longest a failure's schedule is shortened for")
+	simLog       = flag.Bool("sim.log", false, "simulation: with -sim.seed, print the steps and the engine's log")
 )
 
 // simFailover is how long a standby takes to take over from an active node
@@ -617,7 +618,7 @@ func simShrink(seed uint64, p simParams, n int, failure error) []int {
 	if errors.As(failure, &v) && v.step+1 < len(idx) {
 		idx = idx[:v.step+1]
 	}
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(*simShrinkFor)
 	for chunk := len(idx) / 2; chunk >= 1 && time.Now().Before(deadline); chunk /= 2 {
 		for i := 0; i+chunk <= len(idx) && time.Now().Before(deadline); {
 			try := append(slices.Clone(idx[:i]), idx[i+chunk:]...)
