@@ -3,7 +3,7 @@ package teletracker
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	"hash/fnv"
 	"time"
 )
 
@@ -236,14 +236,19 @@ func later(times ...time.Time) time.Time {
 	return at
 }
 
-// backoff is the wait after the n-th consecutive failure: exponential from
-// minRetryInterval, capped at maxBackoff, with up to 25% jitter on top.
-func backoff(n int) time.Duration {
+// backoff is the wait after the n-th consecutive failure of the session
+// that key names: exponential from minRetryInterval, capped at maxBackoff,
+// with up to 25% jitter on top. The jitter is a hash of key and n, as the
+// tick's spread is of the refresh token, not a random draw: sessions that
+// failed together still spread out, and a simulation replays from its seed.
+func backoff(n int, key string) time.Duration {
 	d := maxBackoff
 	if n < 10 {
 		d = min(minRetryInterval<<max(n-1, 0), maxBackoff)
 	}
-	return d + time.Duration(rand.Int64N(int64(d/4)+1))
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d\x00%s", n, key)
+	return d + time.Duration(h.Sum64()%uint64(d/4+1))
 }
 
 // marked is r as stored before its refresh token is sent at sentAt: should
@@ -318,7 +323,7 @@ func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Ti
 		next.FailingSince = sentAt
 	}
 	next.limit(sentAt, now, ue.retryAfter)
-	next.NotBefore = later(next.NotBefore, now.Add(backoff(next.Failures)))
+	next.NotBefore = later(next.NotBefore, now.Add(backoff(next.Failures, r.Config.BaseURL+"\x00"+r.Config.Username+"\x00"+r.RefreshToken)))
 	switch {
 	case g != nil:
 	case kind == actLogin && ue.kind == failRejected:

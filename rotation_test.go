@@ -274,11 +274,20 @@ func TestBackoffBound(t *testing.T) {
 func TestBackoffGrowsWithJitter(t *testing.T) {
 	for n := 1; n <= 12; n++ {
 		base := min(minRetryInterval<<min(n-1, 9), maxBackoff)
+		seen := map[time.Duration]bool{}
 		for i := 0; i < 100; i++ {
-			d := backoff(n)
+			key := fmt.Sprintf("session-%d", i)
+			d := backoff(n, key)
 			if d < base || d > base+base/4 {
 				t.Fatalf("backoff(%d) = %v, want [%v, %v]", n, d, base, base+base/4)
 			}
+			if backoff(n, key) != d {
+				t.Fatalf("backoff(%d, %q) is not the same twice", n, key)
+			}
+			seen[d] = true
+		}
+		if len(seen) < 50 {
+			t.Fatalf("backoff(%d) of 100 sessions: only %d different waits", n, len(seen))
 		}
 	}
 }

@@ -5,7 +5,9 @@
 package fakett
 
 import (
+	"crypto/rand"
 	"encoding/json"
+	"io"
 	"maps"
 	"net/http"
 	"strings"
@@ -36,6 +38,10 @@ type Options struct {
 	// Now is the server's clock for expiry decisions; default time.Now. It is
 	// called with the Server's lock held, so it must not call the Server.
 	Now func() time.Time
+	// Rand is where tokens and guids come from; default crypto/rand. A
+	// seeded source makes a run's tokens, and so what hashes them, repeat.
+	// It is read with the Server's lock held.
+	Rand io.Reader
 }
 
 // Server is a fake Teletracker auth API. It implements http.Handler and is safe
@@ -48,6 +54,7 @@ type Server struct {
 	refreshLifetime time.Duration             // lifetime of refresh tokens
 	skew            time.Duration             // added to the clock in reported expiration strings
 	now             func() time.Time          // the server clock
+	random          io.Reader                 // where tokens come from
 	sessions        []*session                // every session ever started, for RevokeAll
 	bearers         map[string]*bearerToken   // bearer token -> its record
 	refreshes       map[string]*refreshToken  // refresh token (spent ones too) -> its record
@@ -65,6 +72,7 @@ func New(opts Options) *Server {
 		refreshLifetime: opts.RefreshLifetime,
 		skew:            opts.Skew,
 		now:             opts.Now,
+		random:          opts.Rand,
 		bearers:         make(map[string]*bearerToken),
 		refreshes:       make(map[string]*refreshToken),
 		queues:          make(map[string][]*queuedFault),
@@ -80,6 +88,9 @@ func New(opts Options) *Server {
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.random == nil {
+		s.random = rand.Reader
 	}
 	return s
 }

@@ -1,8 +1,8 @@
 package fakett
 
 import (
-	"crypto/rand"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -55,10 +55,10 @@ func (g grant) body() map[string]any {
 }
 
 // newToken returns a random string shaped like a version 4 UUID, as the API's
-// guids and tokens are.
-func newToken() string {
+// guids and tokens are. s.mu must be held.
+func (s *Server) newToken() string {
 	var b [16]byte
-	_, _ = rand.Read(b[:]) // never fails; it crashes the program instead
+	_, _ = io.ReadFull(s.random, b[:]) // crypto/rand never fails; a seeded source neither
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
@@ -67,7 +67,7 @@ func newToken() string {
 // startSession starts a session for username and issues its first tokens.
 // s.mu must be held.
 func (s *Server) startSession(username string) grant {
-	sess := &session{guid: newToken(), username: username}
+	sess := &session{guid: s.newToken(), username: username}
 	s.sessions = append(s.sessions, sess)
 	return s.issue(sess)
 }
@@ -79,8 +79,8 @@ func (s *Server) issue(sess *session) grant {
 	reported := now.Add(s.skew).UTC()
 	g := grant{
 		session:           sess,
-		bearer:            newToken(),
-		refresh:           newToken(),
+		bearer:            s.newToken(),
+		refresh:           s.newToken(),
 		lifetime:          int64(s.tokenLifetime / time.Second),
 		tokenExpiration:   reported.Add(s.tokenLifetime).Format(expirationLayout),
 		refreshExpiration: reported.Add(s.refreshLifetime).Format(expirationLayout),
