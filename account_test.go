@@ -432,6 +432,7 @@ func TestDeleteByAnotherNodeDuringRefreshStands(t *testing.T) {
 // a's entry drops a's snapshot; b's and the default account's stand.
 func TestInvalidateOfOneAccountDropsItsSnapshotAlone(t *testing.T) {
 	e := newTestEnv(t)
+	e.ownAccounts()
 	e.configure(nil)
 	e.configureAccount("a", nil)
 	e.configureAccount("b", nil)

@@ -15,6 +15,7 @@ import (
 // the budget; when it falls back under, that is logged too.
 func TestCapacityShortfallToldOnce(t *testing.T) {
 	e := newTestEnv(t)
+	e.ownAccounts()
 	const warning = "need more calls a second than its budget gives"
 	budget := DefaultCallsPerSecond * turnShare
 	e.b.proc.addNeed(e.b, budget-1e-6) // the other mounts' accounts of the process, just within

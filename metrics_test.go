@@ -202,6 +202,7 @@ func accountSeries(m map[string]*dto.MetricFamily) []string {
 // loses them once healthy again.
 func TestMetricsNamedAccounts(t *testing.T) {
 	e := newTestEnv(t)
+	e.ownAccounts()
 	e.fastBudget()
 	e.configure(nil)
 	e.fleet("ok", 30, nil)

@@ -64,6 +64,7 @@ func TestLongestAccountNameAccepted(t *testing.T) {
 // configure the mount; nothing is called, stored or kept in memory.
 func TestUnknownAccountIs404OnEveryPath(t *testing.T) {
 	e := newTestEnv(t)
+	e.ownAccounts()
 	e.configure(nil) // the default account is configured; it is not the one asked for
 	before := e.fake.Stats()
 	for _, req := range []struct {
@@ -119,6 +120,7 @@ func (e *testEnv) list(data map[string]interface{}) (keys []string, info map[str
 // the default account is not listed, nor a deleted one.
 func TestAccountsListSortedWithHealth(t *testing.T) {
 	e := newTestEnv(t)
+	e.ownAccounts()
 	e.configure(nil)
 	if keys, _ := e.list(nil); len(keys) != 0 {
 		t.Fatalf("listed %v with only the default account configured", keys)

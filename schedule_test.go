@@ -19,6 +19,7 @@ func (e *testEnv) fleet(prefix string, n int, extra map[string]interface{}) {
 // accounts whose snapshot stands and that are not due.
 func TestIdleTickReadsNoStorage(t *testing.T) {
 	e := newTestEnv(t)
+	e.ownAccounts()
 	e.fastBudget()
 	e.configure(nil)
 	e.fleet("idle", 20, nil)
