@@ -3,6 +3,9 @@ package teletracker
 import (
 	"bytes"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -255,5 +258,45 @@ func TestMetricsNamedAccounts(t *testing.T) {
 	}
 	if got := value(t, m, "teletracker_accounts", "state=healthy"); got != 32 || len(m) != healthySize {
 		t.Fatalf("teletracker_accounts{state=healthy} = %v, %d families (%d before)", got, len(m), healthySize)
+	}
+}
+
+// TestAlertRunbooks: every alert of examples/prometheus/alerts.yml has a
+// README section named after it, and its runbook_url leads to a heading of
+// README.md (GitHub's anchor for it), so no page lands on the top of the
+// file.
+func TestAlertRunbooks(t *testing.T) {
+	rules, err := os.ReadFile(filepath.Join("examples", "prometheus", "alerts.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors, punct := map[string]bool{}, regexp.MustCompile(`[^\p{L}\p{N} _-]`)
+	fenced := false
+	for _, line := range strings.Split(string(readme), "\n") {
+		if strings.HasPrefix(line, "```") {
+			fenced = !fenced
+		}
+		if fenced || !strings.HasPrefix(line, "#") {
+			continue
+		}
+		heading := strings.ToLower(strings.TrimSpace(strings.TrimLeft(line, "#")))
+		anchors[strings.ReplaceAll(punct.ReplaceAllString(heading, ""), " ", "-")] = true
+	}
+	names := regexp.MustCompile(`(?m)^\s*- alert: (\S+)$`).FindAllStringSubmatch(string(rules), -1)
+	urls := regexp.MustCompile(`(?m)^\s*runbook_url: \S+/README\.md#(\S+)$`).FindAllStringSubmatch(string(rules), -1)
+	if len(names) == 0 || len(names) != len(urls) {
+		t.Fatalf("%d alerts, %d runbook_urls into README.md", len(names), len(urls))
+	}
+	for i, n := range names {
+		if !anchors[strings.ToLower(n[1])] {
+			t.Errorf("README.md has no section ### `%s`", n[1])
+		}
+		if !anchors[urls[i][1]] {
+			t.Errorf("%s's runbook_url leads to #%s, which is no heading of README.md", n[1], urls[i][1])
+		}
 	}
 }

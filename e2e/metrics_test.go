@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -15,19 +16,26 @@ import (
 
 // TestMetricsScrape: Prometheus scrapes <mount>/metrics as Vault serves it,
 // with a token whose policy (the example's) allows only that read; another
-// token gets 403; after a rotation and a failed refresh the counters and the
-// state gauge show them.
+// token gets 403; after a rotation and a failed refresh of the default
+// account and of a named one, the counters and the state gauges show them,
+// the named account by name, and every series the alert rules read is
+// there.
 func TestMetricsScrape(t *testing.T) {
 	t.Parallel()
 	c := env.dev.client
 	f := startFake(t)
 	enableMount(t, c, "teletracker-eu") // a mount the example policy names
 	configure(t, c, "teletracker-eu", f, nil)
+	if _, err := c.Logical().Write("teletracker-eu/accounts/fleet-7", map[string]interface{}{"base_url": f.url, "username": "demo", "password": "demo-password"}); err != nil {
+		t.Fatalf("configure fleet-7: %v", err)
+	}
 	rotate(t, c, "teletracker-eu")
 	time.Sleep(10 * time.Second) // the floor after a refresh
-	f.admin(t, http.MethodPost, "/_fake/fail", map[string]interface{}{"endpoint": "/auth/refresh", "count": 1, "fault": map[string]interface{}{"status": 503}}, nil)
-	if _, err := c.Logical().Write("teletracker-eu/rotate", nil); statusCode(err) != http.StatusBadGateway {
-		t.Fatalf("rotate against a failing Teletracker: %v", err)
+	f.admin(t, http.MethodPost, "/_fake/fail", map[string]interface{}{"endpoint": "/auth/refresh", "count": 2, "fault": map[string]interface{}{"status": 503}}, nil)
+	for _, p := range []string{"teletracker-eu/rotate", "teletracker-eu/rotate/fleet-7"} {
+		if _, err := c.Logical().Write(p, nil); statusCode(err) != http.StatusBadGateway {
+			t.Fatalf("%s against a failing Teletracker: %v", p, err)
+		}
 	}
 
 	policy, err := os.ReadFile(filepath.Join(env.repoRoot, "examples", "prometheus", "metrics-policy.hcl"))
@@ -53,12 +61,17 @@ func TestMetricsScrape(t *testing.T) {
 		t.Fatalf("the exposition does not parse: %v\n%s", err, body)
 	}
 	for series, want := range map[string]string{
-		`teletracker_refreshes_total{outcome="success"}`: "1",
-		`teletracker_refreshes_total{outcome="failed"}`:  "1",
-		`teletracker_logins_total{outcome="success"}`:    "1",
-		`teletracker_state{state="degraded"}`:            "1",
-		`teletracker_state{state="healthy"}`:             "0",
-		`teletracker_consecutive_failures`:               "1",
+		`teletracker_refreshes_total{outcome="success"}`:                "1",
+		`teletracker_refreshes_total{outcome="failed"}`:                 "2",
+		`teletracker_logins_total{outcome="success"}`:                   "2",
+		`teletracker_state{state="degraded"}`:                           "1",
+		`teletracker_state{state="healthy"}`:                            "0",
+		`teletracker_consecutive_failures`:                              "1",
+		`teletracker_accounts{state="degraded"}`:                        "1",
+		`teletracker_accounts{state="healthy"}`:                         "0",
+		`teletracker_account_state{account="fleet-7",state="degraded"}`: "1",
+		`teletracker_account_consecutive_failures{account="fleet-7"}`:   "1",
+		`teletracker_call_budget_per_second`:                            "9",
 	} {
 		if !strings.Contains(body, "\n"+series+" "+want+"\n") {
 			t.Errorf("%s is not %s:\n%s", series, want, body)
@@ -66,6 +79,16 @@ func TestMetricsScrape(t *testing.T) {
 	}
 	if families["teletracker_upstream_request_duration_seconds"] == nil || families["teletracker_token_expires_in_seconds"] == nil {
 		t.Fatalf("families %v", families)
+	}
+	// A rule that reads a series the engine does not serve never fires.
+	rules, err := os.ReadFile(filepath.Join(env.repoRoot, "examples", "prometheus", "alerts.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range regexp.MustCompile(`\bteletracker_[a-z_]+`).FindAllString(string(rules), -1) {
+		if families[name] == nil {
+			t.Errorf("alerts.yml reads %s, which the scrape does not have:\n%s", name, body)
+		}
 	}
 }
 
