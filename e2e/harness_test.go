@@ -357,6 +357,21 @@ func (v *vaultServer) cli(token string, args ...string) (string, error) {
 	return string(out), err
 }
 
+// request sends method to /v1/path on v with token, without the API
+// client's handling of a 404, and returns the status and the body.
+func (v *vaultServer) request(t testing.TB, token, method, path string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, v.addr+"/v1/"+path, nil)
+	req.Header.Set("X-Vault-Token", token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 // lockedBuffer collects a process's output safely.
 type lockedBuffer struct {
 	mu  sync.Mutex
@@ -495,27 +510,63 @@ func (f *fake) admin(t testing.TB, method, path string, in, out interface{}) {
 	}
 }
 
+// accountPath is the path of route (config, token, rotate or status) of
+// mount's account name; name "" is the default account. A named account's
+// config is at accounts/<name>.
+func accountPath(mount, route, name string) string {
+	switch {
+	case name == "":
+		return mount + "/" + route
+	case route == "config":
+		return mount + "/accounts/" + name
+	}
+	return mount + "/" + route + "/" + name
+}
+
 // configure writes a config that logs in to f.
 func configure(t *testing.T, c *api.Client, mount string, f *fake, extra map[string]interface{}) {
 	t.Helper()
+	configureAccount(t, c, mount, "", f, extra)
+}
+
+// configureAccount writes the config of mount's account name (the default
+// for "") that logs in to f.
+func configureAccount(t testing.TB, c *api.Client, mount, name string, f *fake, extra map[string]interface{}) {
+	t.Helper()
+	if err := writeAccount(c, mount, name, f, extra); err != nil {
+		t.Fatalf("configure %s: %v", accountPath(mount, "config", name), err)
+	}
+}
+
+// writeAccount writes the config of mount's account name (the default for
+// "") that logs in to f, and says how that went: for goroutines, which
+// cannot end a test.
+func writeAccount(c *api.Client, mount, name string, f *fake, extra map[string]interface{}) error {
 	data := map[string]interface{}{"base_url": f.url, "username": "demo", "password": "demo-password"}
 	for k, v := range extra {
 		data[k] = v
 	}
-	if _, err := c.Logical().Write(mount+"/config", data); err != nil {
-		t.Fatalf("configure %s: %v", mount, err)
-	}
+	_, err := c.Logical().Write(accountPath(mount, "config", name), data)
+	return err
 }
 
 // readToken reads mount/token and returns its data.
 func readToken(t testing.TB, c *api.Client, mount string) map[string]interface{} {
 	t.Helper()
-	s, err := c.Logical().ReadWithContext(context.Background(), mount+"/token")
+	return readAccountToken(t, c, mount, "")
+}
+
+// readAccountToken reads the token of mount's account name (the default
+// for "") and returns its data.
+func readAccountToken(t testing.TB, c *api.Client, mount, name string) map[string]interface{} {
+	t.Helper()
+	path := accountPath(mount, "token", name)
+	s, err := c.Logical().ReadWithContext(context.Background(), path)
 	if err != nil {
-		t.Fatalf("read %s/token: %v", mount, err)
+		t.Fatalf("read %s: %v", path, err)
 	}
 	if s == nil {
-		t.Fatalf("read %s/token: no data", mount)
+		t.Fatalf("read %s: no data", path)
 	}
 	return s.Data
 }
@@ -534,14 +585,22 @@ func statusCode(err error) int {
 // most 20 s.
 func rotate(t testing.TB, c *api.Client, mount string) {
 	t.Helper()
+	rotateAccount(t, c, mount, "")
+}
+
+// rotateAccount forces a rotation of mount's account name (the default for
+// "") as rotate does.
+func rotateAccount(t testing.TB, c *api.Client, mount, name string) {
+	t.Helper()
+	path := accountPath(mount, "rotate", name)
 	err := waitFor(20*time.Second, func() error {
-		_, err := c.Logical().Write(mount+"/rotate", nil)
+		_, err := c.Logical().Write(path, nil)
 		if err != nil && statusCode(err) != http.StatusTooManyRequests {
-			t.Fatalf("rotate %s: %v", mount, err)
+			t.Fatalf("rotate %s: %v", path, err)
 		}
 		return err
 	})
 	if err != nil {
-		t.Fatalf("rotate %s: %v", mount, err)
+		t.Fatalf("rotate %s: %v", path, err)
 	}
 }
