@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -224,3 +225,51 @@ func TestReviewH2RetryDialErrorHidesSentRequest(t *testing.T) {
 }
 
 
+
+// backoff's jitter is a hash of base_url, username and the refresh token
+// (decide.go:326), so sessions without a refresh token that share
+// base_url and username (account_id is not in the key) get the same wait
+// to the nanosecond: mounts moved from v0.1.0 without a session
+// (record.go:209) or with another identity's (record.go:218) that fail
+// their logins together (an outage) retry together, in every process, for
+// as long as the outage lasts. A random draw spread them.
+func TestReviewBackoffSpreadsSessionsWithoutRefreshToken(t *testing.T) {
+	seen := map[time.Time]bool{}
+	for id := int64(1); id <= 20; id++ {
+		cfg := &config{BaseURL: "https://api.teletracker.net", Username: "svc", Password: "pw", AccountID: id,
+			RefreshMargin: 10 * time.Minute, RequestTimeout: 10 * time.Second}
+		r := fromV010(cfg, nil)
+		failed := &upstreamError{kind: failTransient, op: loginPath, status: http.StatusServiceUnavailable, detail: "server error"}
+		for n := 0; n < 3; n++ {
+			r = settle(r, actLogin, nil, failed, testStart, testStart)
+		}
+		seen[r.NotBefore] = true
+	}
+	if len(seen) < 10 {
+		t.Fatalf("20 accounts of one user failing together retry at %d distinct times: %v", len(seen), seen)
+	}
+}
+
+// A tick that makes the full pass (Initialize could not: the node could not
+// write then, or listing the accounts failed) publishes each account with
+// tickAt at the time loadAll reads, a little after the tick's own now, so
+// b.sched.due(now) (schedule.go:112) pops none of them: an account the pass
+// found due waits for the next tick (a minute on Vault's clock) although
+// this one was for it. With a clock that stands still it is not seen.
+func TestReviewFirstTickLoadLeavesDueAccountsForNextTick(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.b = restart(t, e) // a new node; its Initialize did not load
+	var reads atomic.Int64
+	e.b.now = func() time.Time { // Vault's clock moves while a tick runs
+		return e.clock.Now().Add(time.Duration(reads.Add(1)) * time.Microsecond)
+	}
+	e.clock.Add(55 * time.Minute) // hour tokens, 10 m margin: due
+	before := e.fake.Stats()
+	if err := e.tick(); err != nil {
+		t.Fatal(err)
+	}
+	if after := e.fake.Stats(); after.RefreshCalls+after.LoginCalls == before.RefreshCalls+before.LoginCalls {
+		t.Fatalf("the first tick loaded a due account but did not refresh it (calls %+v -> %+v)", before, after)
+	}
+}
