@@ -224,8 +224,6 @@ func TestReviewH2RetryDialErrorHidesSentRequest(t *testing.T) {
 	}
 }
 
-
-
 // backoff's jitter is a hash of base_url, username and the refresh token
 // (decide.go:326), so sessions without a refresh token that share
 // base_url and username (account_id is not in the key) get the same wait
