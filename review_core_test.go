@@ -251,7 +251,7 @@ func TestReviewBackoffSpreadsSessionsWithoutRefreshToken(t *testing.T) {
 // A tick that makes the full pass (Initialize could not: the node could not
 // write then, or listing the accounts failed) publishes each account with
 // tickAt at the time loadAll reads, a little after the tick's own now, so
-// b.sched.due(now) (schedule.go:112) pops none of them: an account the pass
+// b.sched.due(now) (schedule.go:111) pops none of them: an account the pass
 // found due waits for the next tick (a minute on Vault's clock) although
 // this one was for it. With a clock that stands still it is not seen.
 func TestReviewFirstTickLoadLeavesDueAccountsForNextTick(t *testing.T) {
