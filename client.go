@@ -191,13 +191,12 @@ func (c *client) refresh(ctx context.Context, refreshToken string) (*grant, erro
 // call posts form to op and parses the answer. secret is the credential
 // sent, which no error code Teletracker answers with may share text with.
 func (c *client) call(ctx context.Context, op string, form url.Values, secret string) (*grant, error) {
-	// A request that dialled but never got a connection failed in the dial
-	// (to Teletracker or a proxy), the proxy's CONNECT or the TLS
-	// handshake: nothing reached Teletracker.
-	var dialled, gotConn atomic.Bool
+	// A request is written only once it has a connection (dialled, through
+	// a proxy's CONNECT and the TLS handshake, or reused): until then,
+	// nothing reached Teletracker.
+	var gotConn atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		ConnectStart: func(_, _ string) { dialled.Store(true) },
-		GotConn:      func(httptrace.GotConnInfo) { gotConn.Store(true) },
+		GotConn: func(httptrace.GotConnInfo) { gotConn.Store(true) },
 	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+op, strings.NewReader(form.Encode()))
 	if err != nil {
@@ -208,7 +207,7 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, transportError(op, err, dialled.Load() && !gotConn.Load())
+		return nil, transportError(op, err, gotConn.Load())
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
@@ -227,29 +226,35 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 	return g, err
 }
 
-// transportError classifies an error from the HTTP round trip. Only a
-// failure to connect (to Teletracker or a proxy, in the dial, CONNECT or
-// TLS handshake) proves the request was never sent.
+// transportError classifies an error from the HTTP round trip. connected
+// says the request got a connection: from then on it may have been written
+// and processed, whatever the error (a reset, a TLS record that makes no
+// sense, a dial of the transport's own retry), so its outcome is unknown.
+// Without one, nothing was sent (a dial, a proxy's CONNECT or the TLS
+// handshake failed, or the wait for them ended).
 //
 // Go's own texts for what happens once connected quote the server: its
-// status line ("malformed HTTP response %q"), a header line, an HTTP/2
-// GOAWAY's debug data, the names in its certificate. So only a dial error
-// keeps Go's text, written before the server sent a byte (the operating
-// system's, the resolver's, or loopbackOnly's, naming only base_url's host or
-// the proxy's); the rest is told in the engine's words (certText, connText).
-// No text here holds the request's URL (url.Error is not used, and base_url
-// holds no credentials or query anyway) or its body.
-//
-// unsent says the request dialled but never got a connection (a proxy
-// unreachable or refusing the CONNECT, in words of its own, or TLS failed):
-// then it was not sent either.
-func transportError(op string, err error, unsent bool) *upstreamError {
+// status line ("malformed HTTP response %q"), a header line, the names in
+// its certificate. So only a dial error keeps Go's text, written before
+// the server sent a byte (the operating system's, the resolver's, or
+// loopbackOnly's, naming only base_url's host or the proxy's); the rest is
+// told in the engine's words (certText, connText). No text here holds the
+// request's URL (url.Error is not used, and base_url holds no credentials
+// or query anyway) or its body.
+func transportError(op string, err error, connected bool) *upstreamError {
 	ue := &upstreamError{kind: failUnknown, op: op}
 	var opErr *net.OpError
 	var netErr net.Error
 	var certErr *tls.CertificateVerificationError
 	var recordErr tls.RecordHeaderError
+	timedOut := errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
 	switch {
+	case connected && timedOut:
+		ue.detail = "request timed out; the outcome is unknown"
+	case connected && errors.Is(err, context.Canceled):
+		ue.detail = "request cancelled; the outcome is unknown"
+	case connected:
+		ue.detail = "request failed; the outcome is unknown" + connText(err)
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		ue.kind = failTransient
 		ue.detail = "cannot connect: " + opErr.Err.Error()
@@ -259,15 +264,15 @@ func transportError(op string, err error, unsent bool) *upstreamError {
 	case errors.As(err, &recordErr):
 		ue.kind = failTransient
 		ue.detail = "TLS handshake failed: the server did not answer with TLS"
-	case unsent:
+	case timedOut:
+		ue.kind = failTransient
+		ue.detail = "cannot connect: timed out before the request was sent"
+	case errors.Is(err, context.Canceled):
+		ue.kind = failTransient
+		ue.detail = "cannot connect: cancelled before the request was sent"
+	default:
 		ue.kind = failTransient
 		ue.detail = "cannot connect: the connection failed before the request was sent" + connText(err)
-	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
-		ue.detail = "request timed out; the outcome is unknown"
-	case errors.Is(err, context.Canceled):
-		ue.detail = "request cancelled; the outcome is unknown"
-	default:
-		ue.detail = "request failed; the outcome is unknown" + connText(err)
 	}
 	return ue
 }

@@ -1,6 +1,7 @@
 package teletracker
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -125,7 +126,14 @@ func TestParseResponseAny2xxIsProcessed(t *testing.T) {
 // testClient is a client for url with a 2 s timeout.
 func testClient(t *testing.T, url string) *client {
 	t.Helper()
-	cfg := &config{BaseURL: url, RequestTimeout: 2 * time.Second}
+	return testClientCA(t, url, "")
+}
+
+// testClientCA is testClient trusting caPEM too, over the engine's own
+// transport.
+func testClientCA(t *testing.T, url, caPEM string) *client {
+	t.Helper()
+	cfg := &config{BaseURL: url, RequestTimeout: 2 * time.Second, CACert: caPEM}
 	tr, err := newProcess(DefaultCallsPerSecond).transport(transportFor(cfg))
 	if err != nil {
 		t.Fatal(err)
@@ -400,13 +408,7 @@ func TestTransportErrorsHoldNoServerText(t *testing.T) {
 	srv.Config.ErrorLog = discardLog()
 	srv.StartTLS()
 	defer srv.Close()
-	cfg := &config{BaseURL: strings.Replace(srv.URL, "127.0.0.1", "localhost", 1), RequestTimeout: 2 * time.Second, CACert: caPEM}
-	tr, err := newProcess(DefaultCallsPerSecond).transport(transportFor(cfg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.CloseIdleConnections()
-	named := newClient(cfg, tr, time.Now)
+	named := testClientCA(t, strings.Replace(srv.URL, "127.0.0.1", "localhost", 1), caPEM)
 
 	cases := []struct {
 		name   string
@@ -448,6 +450,68 @@ func TestProxyRefusalIsNotSent(t *testing.T) {
 		if !errors.As(err, &ue) || ue.kind != failTransient || strings.Contains(err.Error(), echo) {
 			t.Errorf("%s: %v (want a transient failure without the proxy's text)", name, err)
 		}
+	}
+}
+
+// A request that got its connection may have been processed, whatever
+// breaks after: here Teletracker (or whatever is on the path) reads the
+// whole refresh request and answers with bytes that are no TLS record. The
+// refresh token may be spent, so the outcome is unknown, not "not sent".
+func TestRecordErrorAfterRequestIsUnknown(t *testing.T) {
+	caPEM, cert := testCA(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var received atomic.Int64
+	go func() {
+		for {
+			raw, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer raw.Close()
+				tc := tls.Server(raw, &tls.Config{Certificates: []tls.Certificate{cert}})
+				req, err := http.ReadRequest(bufio.NewReader(tc))
+				if err != nil {
+					return
+				}
+				_, _ = io.ReadAll(req.Body)
+				received.Add(1)
+				_, _ = raw.Write([]byte{0x17, 0x03, 0x09, 0x00, 0x10}) // a record header of no TLS version
+				_, _ = raw.Write(make([]byte, 16))
+				_, _ = raw.Read(make([]byte, 1)) // until the client closes
+			}()
+		}
+	}()
+	_, err = testClientCA(t, "https://"+l.Addr().String(), caPEM).refresh(context.Background(), "rt")
+	var ue *upstreamError
+	if !errors.As(err, &ue) || ue.kind != failUnknown || received.Load() != 1 {
+		t.Fatalf("%v (kind %v), the server received %d requests: want an unknown outcome of one", err, ue, received.Load())
+	}
+}
+
+// Every transport speaks HTTP/1.1, also to a server that offers HTTP/2:
+// Go's HTTP/2 client re-sends a request, body and all, whose stream the
+// server reset or a GOAWAY cut off, within the one call.
+func TestTransportSpeaksHTTP1Only(t *testing.T) {
+	caPEM, cert := testCA(t)
+	protos := make(chan string, 1)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		protos <- r.Proto
+		_, _ = w.Write(okBody(""))
+	}))
+	srv.EnableHTTP2 = true
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.StartTLS()
+	defer srv.Close()
+	if _, err := testClientCA(t, srv.URL, caPEM).refresh(context.Background(), "rt"); err != nil {
+		t.Fatal(err)
+	}
+	if p := <-protos; p != "HTTP/1.1" {
+		t.Fatalf("the call went out over %s", p)
 	}
 }
 

@@ -323,7 +323,7 @@ func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Ti
 		next.FailingSince = sentAt
 	}
 	next.limit(sentAt, now, ue.retryAfter)
-	next.NotBefore = later(next.NotBefore, now.Add(backoff(next.Failures, r.Config.BaseURL+"\x00"+r.Config.Username+"\x00"+r.RefreshToken)))
+	next.NotBefore = later(next.NotBefore, now.Add(backoff(next.Failures, r.sessionKey())))
 	switch {
 	case g != nil:
 	case kind == actLogin && ue.kind == failRejected:

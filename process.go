@@ -210,6 +210,11 @@ func (p *process) client(cfg *config, now, mono func() time.Time) (c *client, do
 // would receive them in cleartext: it dials base_url's host itself.
 // (Go's ProxyFromEnvironment skips loopback hosts already, but not
 // "LOCALHOST".) The https transports use the environment's proxy.
+//
+// Every transport speaks HTTP/1.1 alone. Go's HTTP/1 client re-sends a
+// POST only when not a byte of it was written; its HTTP/2 client re-sends
+// one, body and all, when the server resets its stream or goes away, within
+// the one Do: a refresh token would go out twice.
 func (p *process) transport(key transportKey) (*http.Transport, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -236,11 +241,18 @@ func (p *process) transport(key transportKey) (*http.Transport, error) {
 		ResponseHeaderTimeout: maxRequestTimeout,
 		MaxIdleConnsPerHost:   4,
 		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
+		Protocols:             http1Only,
 	}
 	p.transports[key] = &sharedTransport{t: t, users: 1}
 	return t, nil
 }
+
+// http1Only is the one protocol every transport speaks (see transport).
+var http1Only = func() *http.Protocols {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	return &p
+}()
 
 // loopbackOnly is the plain-http dialer's Control: it refuses any address
 // but a loopback one, before connecting. address is the IP and port being

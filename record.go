@@ -74,6 +74,13 @@ func (r *record) configured() bool {
 	return r != nil && r.State != ""
 }
 
+// sessionKey names r's session for backoff's jitter: the account it logs
+// in to and the refresh token it holds, so that accounts failing together
+// (one user's many accounts among them) retry apart.
+func (r *record) sessionKey() string {
+	return fmt.Sprintf("%s\x00%s\x00%d\x00%s", r.Config.BaseURL, r.Config.Username, r.Config.AccountID, r.RefreshToken)
+}
+
 // waitsOnly is what stays of r once its config is deleted: the waits set by
 // past calls, so that deleting and writing again cannot make a storm.
 func (r *record) waitsOnly() *record {

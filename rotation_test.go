@@ -292,6 +292,24 @@ func TestBackoffGrowsWithJitter(t *testing.T) {
 	}
 }
 
+// One user's accounts (account_id apart) without a session, as v0.1.0
+// mounts come across, that fail their logins together retry apart.
+func TestBackoffSpreadsOneUsersAccounts(t *testing.T) {
+	seen := map[time.Time]bool{}
+	for id := int64(1); id <= 20; id++ {
+		r := fromV010(&config{BaseURL: "https://api.teletracker.net", Username: "svc", Password: "pw", AccountID: id,
+			RefreshMargin: 10 * time.Minute, RequestTimeout: 10 * time.Second}, nil)
+		failed := &upstreamError{kind: failTransient, op: loginPath, status: http.StatusServiceUnavailable, detail: "server error"}
+		for range 3 {
+			r = settle(r, actLogin, nil, failed, testStart, testStart)
+		}
+		seen[r.NotBefore] = true
+	}
+	if len(seen) < 10 {
+		t.Fatalf("20 accounts of one user failing together retry at %d times", len(seen))
+	}
+}
+
 func TestRetryAfterHonoured(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)

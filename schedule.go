@@ -99,12 +99,14 @@ func tickAt(r *record, now time.Time) time.Time {
 // logged and shown by status; only a storage failure is returned.
 func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error {
 	defer b.proc.releaseMemory(b.mono())
-	now := b.now()
 	var loadErr error
-	switch last := b.lastTick(); {
-	case !b.loaded.Load() && b.WriteSafeReplicationState():
-		loadErr = b.loadAll(ctx, req.Storage) // what did load is scheduled; the rest is tried again next tick
-	case !last.IsZero() && ahead(now, last):
+	if !b.loaded.Load() && b.WriteSafeReplicationState() {
+		// What did load is scheduled, at times read as it loaded (so the
+		// tick's now is read after); the rest is tried again next tick.
+		loadErr = b.loadAll(ctx, req.Storage)
+	}
+	now := b.now()
+	if last := b.lastTick(); !last.IsZero() && ahead(now, last) {
 		b.scheduleAll(now) // the clock was set back: every time kept is in its future
 	}
 	b.tickedAt.Store(now.UnixNano())

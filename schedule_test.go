@@ -3,6 +3,7 @@ package teletracker
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -121,5 +122,25 @@ func TestScheduleDueInOrder(t *testing.T) {
 	}
 	if due := s.due(testStart.Add(150 * time.Second)); len(due) != 0 {
 		t.Fatalf("popped twice: %d", len(due))
+	}
+}
+
+// A tick that makes the full pass (Initialize could not) refreshes what it
+// finds due at once, though Vault's clock moves while it loads: each
+// account is scheduled at a time read during the load, and the tick looks
+// for what is due after it.
+func TestFirstTickLoadRefreshesDueAccounts(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.b = restart(t, e) // a new node; its Initialize did not load
+	var reads atomic.Int64
+	e.b.now = func() time.Time { return e.clock.Now().Add(time.Duration(reads.Add(1)) * time.Microsecond) }
+	e.clock.Add(55 * time.Minute) // hour tokens, 10 m margin: due
+	before := e.fake.Stats()
+	if err := e.tick(); err != nil {
+		t.Fatal(err)
+	}
+	if after := e.fake.Stats(); after.RefreshCalls+after.LoginCalls == before.RefreshCalls+before.LoginCalls {
+		t.Fatal("the first tick loaded a due account but did not refresh it")
 	}
 }
