@@ -11,8 +11,8 @@ import (
 )
 
 // path_accounts.go lists the mount's named accounts with the health of
-// each, so that `vault list -format=json teletracker/accounts` shows a
-// whole fleet in one request. Each account's own paths (accounts/<name>,
+// each, so that `vault list -detailed -format=json teletracker/accounts`
+// shows a whole fleet in one request. Each account's own paths (accounts/<name>,
 // token/<name>, rotate/<name>, status/<name>) are served by the handlers
 // of the default account's.
 
