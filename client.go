@@ -192,11 +192,12 @@ func (c *client) refresh(ctx context.Context, refreshToken string) (*grant, erro
 // sent, which no error code Teletracker answers with may share text with.
 func (c *client) call(ctx context.Context, op string, form url.Values, secret string) (*grant, error) {
 	// A request is written only once it has a connection (dialled, through
-	// a proxy's CONNECT and the TLS handshake, or reused): until then,
-	// nothing reached Teletracker.
-	var gotConn atomic.Bool
+	// a proxy's CONNECT and the TLS handshake, or reused): one that began
+	// to dial and got none reached nothing.
+	var dialled, gotConn atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		GotConn: func(httptrace.GotConnInfo) { gotConn.Store(true) },
+		ConnectStart: func(_, _ string) { dialled.Store(true) },
+		GotConn:      func(httptrace.GotConnInfo) { gotConn.Store(true) },
 	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+op, strings.NewReader(form.Encode()))
 	if err != nil {
@@ -207,7 +208,7 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, transportError(op, err, gotConn.Load())
+		return nil, transportError(op, err, dialled.Load(), gotConn.Load())
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
@@ -230,8 +231,10 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 // says the request got a connection: from then on it may have been written
 // and processed, whatever the error (a reset, a TLS record that makes no
 // sense, a dial of the transport's own retry), so its outcome is unknown.
-// Without one, nothing was sent (a dial, a proxy's CONNECT or the TLS
-// handshake failed, or the wait for them ended).
+// Without one, it was not sent when the dialer or the TLS handshake failed,
+// or when a dial began (dialled) and no connection came of it (a proxy
+// unreachable or refusing the CONNECT, the wait for either ended). Anything
+// else proves nothing either way: unknown.
 //
 // Go's own texts for what happens once connected quote the server: its
 // status line ("malformed HTTP response %q"), a header line, the names in
@@ -241,38 +244,31 @@ func (c *client) call(ctx context.Context, op string, form url.Values, secret st
 // told in the engine's words (certText, connText). No text here holds the
 // request's URL (url.Error is not used, and base_url holds no credentials
 // or query anyway) or its body.
-func transportError(op string, err error, connected bool) *upstreamError {
+func transportError(op string, err error, dialled, connected bool) *upstreamError {
 	ue := &upstreamError{kind: failUnknown, op: op}
 	var opErr *net.OpError
 	var netErr net.Error
 	var certErr *tls.CertificateVerificationError
 	var recordErr tls.RecordHeaderError
-	timedOut := errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
 	switch {
-	case connected && timedOut:
-		ue.detail = "request timed out; the outcome is unknown"
-	case connected && errors.Is(err, context.Canceled):
-		ue.detail = "request cancelled; the outcome is unknown"
-	case connected:
-		ue.detail = "request failed; the outcome is unknown" + connText(err)
-	case errors.As(err, &opErr) && opErr.Op == "dial":
+	case !connected && errors.As(err, &opErr) && opErr.Op == "dial":
 		ue.kind = failTransient
 		ue.detail = "cannot connect: " + opErr.Err.Error()
-	case errors.As(err, &certErr):
+	case !connected && errors.As(err, &certErr):
 		ue.kind = failTransient
 		ue.detail = "TLS handshake failed: " + certText(certErr.Err)
-	case errors.As(err, &recordErr):
+	case !connected && errors.As(err, &recordErr):
 		ue.kind = failTransient
 		ue.detail = "TLS handshake failed: the server did not answer with TLS"
-	case timedOut:
-		ue.kind = failTransient
-		ue.detail = "cannot connect: timed out before the request was sent"
-	case errors.Is(err, context.Canceled):
-		ue.kind = failTransient
-		ue.detail = "cannot connect: cancelled before the request was sent"
-	default:
+	case !connected && dialled:
 		ue.kind = failTransient
 		ue.detail = "cannot connect: the connection failed before the request was sent" + connText(err)
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
+		ue.detail = "request timed out; the outcome is unknown"
+	case errors.Is(err, context.Canceled):
+		ue.detail = "request cancelled; the outcome is unknown"
+	default:
+		ue.detail = "request failed; the outcome is unknown" + connText(err)
 	}
 	return ue
 }

@@ -515,6 +515,25 @@ func TestTransportSpeaksHTTP1Only(t *testing.T) {
 	}
 }
 
+// lostAnswer is a round tripper whose connection broke after the request
+// went out, without a word of how far it got.
+type lostAnswer struct{}
+
+func (lostAnswer) RoundTrip(*http.Request) (*http.Response, error) {
+	return nil, errors.New("connection reset by peer")
+}
+
+// An error that proves nothing (no dial seen to fail, no connection seen)
+// leaves the outcome unknown: the refresh token may be spent.
+func TestUnprovenTransportErrorIsUnknown(t *testing.T) {
+	c := newClient(&config{BaseURL: "https://teletracker.example", RequestTimeout: 2 * time.Second}, lostAnswer{}, time.Now)
+	_, err := c.refresh(context.Background(), "rt")
+	var ue *upstreamError
+	if !errors.As(err, &ue) || ue.kind != failUnknown {
+		t.Fatalf("%v (kind %v), want an unknown outcome", err, ue)
+	}
+}
+
 // rawServer is the URL of a loopback server that answers every connection
 // with answer, whatever it is sent, and closes it.
 func rawServer(t *testing.T, answer string) string {
