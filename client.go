@@ -442,11 +442,12 @@ func statusText(status int) string {
 // errorCode is the machine-readable code in Teletracker's error (or else
 // message) field, as " (code x)", or "" when neither holds one. A code is
 // words of letters joined by '_' or '.', up to maxErrorCode characters,
-// that shares no three characters in a row with secret (case aside): so it
-// can be neither the credential sent nor a piece of it, in any encoding (an
-// encoded character is never a letter), and a token or session guid, a
-// UUID, cannot be one (it holds hyphens and digits). Anything else is text,
-// and dropped.
+// whose letters share no three in a row with the letters of secret (case
+// and whatever stands between them aside): so it can be neither the
+// credential sent nor a piece of it, in any encoding (an encoded character
+// is never a letter) and with its other characters replaced or dropped,
+// and a token or session guid, a UUID, cannot be one (it holds hyphens and
+// digits). Anything else is text, and dropped.
 func errorCode(sb *sessionBody, secret string) string {
 	for _, c := range []string{sb.Error, sb.Message} {
 		if isErrorCode(c, secret) {
@@ -457,7 +458,7 @@ func errorCode(sb *sessionBody, secret string) string {
 }
 
 // isErrorCode reports whether c is shaped like an error code, as errorCode
-// says, and shares no three characters in a row with secret.
+// says, and its letters share no three in a row with secret's.
 func isErrorCode(c, secret string) bool {
 	if c == "" || len(c) > maxErrorCode || c[0] == '_' || c[0] == '.' || c[len(c)-1] == '_' || c[len(c)-1] == '.' {
 		return false
@@ -470,7 +471,7 @@ func isErrorCode(c, secret string) bool {
 			return false
 		}
 	}
-	lc, ls := strings.ToLower(c), strings.ToLower(secret)
+	lc, ls := letters(c), letters(secret)
 	n := min(3, len(ls))
 	for i := 0; i+n <= len(ls) && n > 0; i++ {
 		if strings.Contains(lc, ls[i:i+n]) {
@@ -478,4 +479,17 @@ func isErrorCode(c, secret string) bool {
 		}
 	}
 	return true
+}
+
+// letters is s's ASCII letters alone, in lower case.
+func letters(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r + 'a' - 'A'
+		}
+		return -1
+	}, s)
 }

@@ -209,6 +209,113 @@ func TestClientClassifiesTransportErrors(t *testing.T) {
 	}
 }
 
+// An echo of the credential with its other characters replaced or dropped
+// is no code: its letters, in order, would be the credential's.
+func TestErrorCodeDropsAnEchoOfTheLetters(t *testing.T) {
+	for _, tc := range []struct{ secret, echo string }{
+		{"Qz7!Wx3#Rv", "Qz_Wx_Rv"},
+		{"q7Wm2Rx9Tz4K", "q_Wm_Rx_Tz_K"},
+		{"q7Wm2Rx9Tz4K", "q.Wm.Rx.Tz.K"},
+		{"q7Wm2Rx9Tz4K", "qWmRxTzK"},
+		{"q7Wm2Rx9Tz4K", "invalid_password_q_Wm_Rx_Tz_K"},
+	} {
+		if got := errorCode(&sessionBody{Error: tc.echo}, tc.secret); got != "" {
+			t.Errorf("echo %q of %q kept as %q", tc.echo, tc.secret, got)
+		}
+	}
+}
+
+// ca_cert vouches for base_url's host alone: an https proxy on the way
+// (HTTPS_PROXY=https://user:pass@proxy) whose certificate only the config
+// writer's CA vouches for is refused before it is sent the CONNECT and the
+// operator's Proxy-Authorization.
+func TestCACertNotTrustedForTheProxy(t *testing.T) {
+	caPEM, cert := testCA(t)
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return // the client refused the proxy's certificate
+		}
+		got <- req.Method + " " + req.Header.Get("Proxy-Authorization")
+		_, _ = io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+	}()
+	cfg := &config{BaseURL: "https://teletracker.example", RequestTimeout: 2 * time.Second, CACert: caPEM}
+	shared, err := newProcess(DefaultCallsPerSecond).transport(transportFor(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := shared.Clone()
+	defer tr.CloseIdleConnections()
+	proxyURL, _ := url.Parse("https://ops:proxy-secret@" + l.Addr().String())
+	tr.Proxy = http.ProxyURL(proxyURL) // what ProxyFromEnvironment gives for HTTPS_PROXY
+	_, err = newClient(cfg, tr, time.Now).refresh(context.Background(), "rt")
+	select {
+	case req := <-got:
+		t.Fatalf("the proxy, vouched for only by the config writer's ca_cert, was trusted and sent %q", req)
+	case <-time.After(200 * time.Millisecond):
+	}
+	var ue *upstreamError
+	if !errors.As(err, &ue) || ue.kind != failTransient {
+		t.Fatalf("%v (kind %v): want a failure before anything was sent", err, ue)
+	}
+}
+
+// Behind a plain proxy, base_url's host is still vouched for by ca_cert:
+// the TLS inside the CONNECT's tunnel trusts it.
+func TestCACertTrustedThroughAProxy(t *testing.T) {
+	caPEM, cert := testCA(t)
+	target := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(okBody("")) }))
+	target.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	target.StartTLS()
+	defer target.Close()
+	var tunnels atomic.Int64
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodConnect {
+			http.Error(w, "CONNECT only", http.StatusMethodNotAllowed)
+			return
+		}
+		up, err := net.Dial("tcp", r.Host)
+		if err != nil {
+			http.Error(w, "no upstream", http.StatusBadGateway)
+			return
+		}
+		defer up.Close()
+		tunnels.Add(1)
+		w.WriteHeader(http.StatusOK)
+		down, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer down.Close()
+		go func() { _, _ = io.Copy(up, buf) }()
+		_, _ = io.Copy(down, up)
+	}))
+	defer proxy.Close()
+	cfg := &config{BaseURL: target.URL, RequestTimeout: 2 * time.Second, CACert: caPEM}
+	shared, err := newProcess(DefaultCallsPerSecond).transport(transportFor(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := shared.Clone()
+	defer tr.CloseIdleConnections()
+	proxyURL, _ := url.Parse(proxy.URL)
+	tr.Proxy = http.ProxyURL(proxyURL)
+	if _, err := newClient(cfg, tr, time.Now).refresh(context.Background(), "rt"); err != nil || tunnels.Load() != 1 {
+		t.Fatalf("%v, %d tunnels", err, tunnels.Load())
+	}
+}
+
 func TestParseResponseLifetimeAsString(t *testing.T) {
 	g, err := parseResponse(200, "", []byte(`{"success":true,"token":"a","refreshToken":"b","tokenLifetime":"90"}`), testStart, "")
 	if err != nil || g.lifetime != 90*time.Second || g.refreshLifetime != 0 {

@@ -374,7 +374,7 @@ func parseBaseURL(raw string) (string, error) {
 	if err != nil || u.Host == "" || u.Hostname() == "" {
 		return "", invalid("base_url must be an absolute URL such as https://api.teletracker.net")
 	}
-	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+	if u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
 		return "", invalid("base_url must not hold credentials, a query or a fragment")
 	}
 	switch u.Scheme {

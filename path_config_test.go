@@ -40,6 +40,7 @@ func TestConfigValidation(t *testing.T) {
 		{"not absolute", map[string]interface{}{"base_url": "api.teletracker.net"}, "absolute URL"},
 		{"credentials in url", map[string]interface{}{"base_url": "https://u:p@api.teletracker.net"}, "must not hold credentials"},
 		{"query in url", map[string]interface{}{"base_url": "https://api.teletracker.net/?a=b"}, "must not hold credentials, a query"},
+		{"empty query in url", map[string]interface{}{"base_url": "https://api.teletracker.net?"}, "must not hold credentials, a query"},
 		{"margin zero", map[string]interface{}{"refresh_margin": "0s"}, "refresh_margin must be a positive"},
 		{"margin negative", map[string]interface{}{"refresh_margin": "-5m"}, "negative"},
 		{"margin not a duration", map[string]interface{}{"refresh_margin": "soon"}, "refresh_margin"},

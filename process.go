@@ -3,9 +3,11 @@ package teletracker
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,16 +85,21 @@ func newProcess(budget float64) *process {
 }
 
 // transportKey names one of the process's transports: the ca_cert it
-// trusts ("" for none), and whether it carries plain http.
+// trusts ("" for none) and the one host it trusts it for, and whether it
+// carries plain http.
 type transportKey struct {
-	caPEM string
-	plain bool
+	caPEM, caHost string
+	plain         bool
 }
 
 // transportFor is the key of the transport cfg's calls use. Anything but
 // https is plain http, to a loopback host (parseBaseURL).
 func transportFor(cfg *config) transportKey {
-	return transportKey{caPEM: cfg.CACert, plain: !strings.HasPrefix(cfg.BaseURL, "https://")}
+	key := transportKey{caPEM: cfg.CACert, plain: !strings.HasPrefix(cfg.BaseURL, "https://")}
+	if u, err := url.Parse(cfg.BaseURL); err == nil && key.caPEM != "" {
+		key.caHost = u.Hostname()
+	}
+	return key
 }
 
 // sharedTransport is one transport, how many calls use it now, and when
@@ -211,6 +218,9 @@ func (p *process) client(cfg *config, now, mono func() time.Time) (c *client, do
 // (Go's ProxyFromEnvironment skips loopback hosts already, but not
 // "LOCALHOST".) The https transports use the environment's proxy.
 //
+// A ca_cert vouches for base_url's host alone: an https proxy on the way is
+// dialled trusting the system's roots only (caOnlyFor), as without one.
+//
 // Every transport speaks HTTP/1.1 alone. Go's HTTP/1 client re-sends a
 // POST only when not a byte of it was written; its HTTP/2 client re-sends
 // one, body and all, when the server resets its stream or goes away, within
@@ -243,8 +253,26 @@ func (p *process) transport(key transportKey) (*http.Transport, error) {
 		IdleConnTimeout:       90 * time.Second,
 		Protocols:             http1Only,
 	}
+	if key.caPEM != "" {
+		t.DialTLSContext = caOnlyFor(key.caHost, pool, dialer)
+	}
 	p.transports[key] = &sharedTransport{t: t, users: 1}
 	return t, nil
+}
+
+// caOnlyFor is the TLS dialer of a transport whose ca_cert, in pool, is
+// trusted for host alone. Go's transport dials with it what it reaches
+// first over TLS, base_url's host or an https proxy; base_url's host behind
+// a proxy gets the transport's TLSClientConfig, which holds pool.
+func caOnlyFor(host string, pool *x509.CertPool, dialer *net.Dialer) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if h, _, err := net.SplitHostPort(addr); err == nil && strings.EqualFold(h, host) {
+			cfg.RootCAs = pool
+		}
+		d := &tls.Dialer{NetDialer: dialer, Config: cfg}
+		return d.DialContext(ctx, network, addr)
+	}
 }
 
 // http1Only is the one protocol every transport speaks (see transport).
