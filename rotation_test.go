@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -1267,5 +1268,37 @@ func TestLateMarkerAckOfFirstSeedWriteAfterTakeover(t *testing.T) {
 	}()
 	if s := e.stored(); s == nil || s.State != stateReady || !e.fake.Live(s.Token) {
 		t.Fatalf("B's session was not kept: %+v", s)
+	}
+}
+
+// TestLoginLeavesATraceBeforeItIsSent: node A logs in and dies before its
+// result is stored; node B, active too for a moment (it was paused past
+// its HA lock's time to live while A took over, and has not yet noticed),
+// ticks a second later. Only a refresh stores a marker before its call, so
+// nothing in storage tells B of A's login, and B logs in again within the
+// 10 s floor. Found by the simulation (seed 658). Skipped until a login,
+// too, stores a marker (in_flight) before it is sent.
+func TestLoginLeavesATraceBeforeItIsSent(t *testing.T) {
+	if os.Getenv("TELETRACKER_KNOWN_DEFECTS") == "" {
+		t.Skip("known defect: a login stores no marker before it is sent (TELETRACKER_KNOWN_DEFECTS=1 runs it)")
+	}
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(time.Minute)
+	r := e.stored()
+	r.State = stateNeedLogin // the refresh token was refused: the next call logs in
+	e.store(r)
+	nodeA, nodeB := restart(t, e), restart(t, e)
+	t.Cleanup(func() { nodeA.Cleanup(context.Background()); nodeB.Cleanup(context.Background()) })
+	before := e.fake.Stats().LoginCalls
+
+	e.storage.failPuts.Store(-1) // A logs in; its result never reaches storage: A died
+	_ = nodeA.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+	e.storage.failPuts.Store(0)
+	e.clock.Add(time.Second)
+	_ = nodeB.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+
+	if n := e.fake.Stats().LoginCalls - before; n != 1 {
+		t.Fatalf("%d logins within %s of each other, by two nodes: want 1 (the floor is %s)", n, time.Second, minCallInterval)
 	}
 }

@@ -33,6 +33,13 @@ package teletracker
 // ignoring d), expired-served (served ignoring servedUntil),
 // successor-lost (a 503 taken for a lost session).
 //
+// Open (an engine defect, not a limit): seed 658 (-sim.steps=24,43,51,52,
+// 55,60,61,66,68,77,78,79,80,84,85,86,87,103,118,119,122,125,128,130,131,
+// 132,136,137,139,146,147,152,154) breaks the floor: a node paused past its
+// HA lock takes up its tick after the node that took over logged in and
+// died, and logs in too, 455 ms later; a login stores no marker before it
+// is sent (TestLoginLeavesATraceBeforeItIsSent, skipped until it does).
+//
 // Known limits the invariants allow (not engine defects, or left): the
 // nodes share no monotonic clock, so after a wall-clock jump, or for a
 // named account with no config (its waits live in one node's memory,
