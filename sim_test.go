@@ -27,19 +27,15 @@ package teletracker
 //	5 a call Clean stopped counts as a failure    yes    1     139,144            failure-without-cause
 //	6 login timeout speaks of a refresh_token     yes    2     157,158,193        untrue-words
 //	7 failed call: degraded, no next attempt      yes    2     51,53,54           degraded-without-attempt
+//	8 no marker before the engine's own login     yes    658   33 (-sim.duration=2m) floor (a node paused past its
+//	                                                                              HA lock logs in after the one
+//	                                                                              that took over logged in, died)
 //
 // Replay one with -sim.seed, -sim.len=300 and -sim.steps (on today's code
 // they pass). Each of the other invariants was seen to fail once on a
 // build broken for it: secret (a refresh token logged), min-ttl (lasts
 // ignoring d), expired-served (served ignoring servedUntil),
 // successor-lost (a 503 taken for a lost session).
-//
-// Open (an engine defect, not a limit): seed 658 (-sim.steps=24,43,51,52,
-// 55,60,61,66,68,77,78,79,80,84,85,86,87,103,118,119,122,125,128,130,131,
-// 132,136,137,139,146,147,152,154) breaks the floor: a node paused past its
-// HA lock takes up its tick after the node that took over logged in and
-// died, and logs in too, 455 ms later; a login stores no marker before it
-// is sent (TestLoginLeavesATraceBeforeItIsSent, skipped until it does).
 //
 // Known limits the invariants allow (not engine defects, or left): the
 // nodes share no monotonic clock, so after a wall-clock jump, or for a
