@@ -531,7 +531,7 @@ func TestInitializeCallsNoOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := e.fake.Stats(); st.RefreshCalls+st.LoginCalls != 1 || !strings.Contains(e.logs.String(), "found a refresh whose result was never stored") {
+	if st := e.fake.Stats(); st.RefreshCalls+st.LoginCalls != 1 || !strings.Contains(e.logs.String(), "found a call whose result was never stored") {
 		t.Fatalf("Initialize called Teletracker or did not log the marker: %+v", st)
 	}
 	e.clock.Add(time.Minute)

@@ -167,7 +167,7 @@ func (r *record) wants(tl *timeline, now time.Time, t trigger) bool {
 func (r *record) waitReason(at time.Time) string {
 	switch {
 	case r.State == stateInFlight && at.Equal(r.markerEnd()):
-		return fmt.Sprintf("a refresh sent at %s may still be under way; its outcome is resolved once it has surely ended",
+		return fmt.Sprintf("a call to Teletracker sent at %s may still be under way; its outcome is resolved once it has surely ended",
 			r.InFlightAt.UTC().Format(time.RFC3339))
 	case at.After(r.HoldUntil):
 		return fmt.Sprintf("backing off after %d failed calls", r.Failures)
@@ -251,7 +251,8 @@ func backoff(n int, key string) time.Duration {
 	return d + time.Duration(h.Sum64()%uint64(d/4+1))
 }
 
-// marked is r as stored before its refresh token is sent at sentAt: should
+// marked is r as stored before its call (a refresh, or a login the engine
+// makes of itself) is sent at sentAt: should
 // Vault stop, the next active node waits until the call has surely ended
 // (sent within sendWindow, then request_timeout, as it is now) and the
 // floor after it.
@@ -262,7 +263,7 @@ func (r *record) marked(sentAt time.Time) *record {
 	return &next
 }
 
-// markWaits sets the waits of a refresh in flight since InFlightAt.
+// markWaits sets the waits of a call in flight since InFlightAt.
 func (r *record) markWaits() {
 	r.LastCallAt = r.InFlightAt
 	r.HoldUntil = r.markerEnd()

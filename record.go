@@ -29,7 +29,7 @@ type record struct {
 
 	// State is one of the state constants above.
 	State string `json:"state"`
-	// InFlightAt is when the refresh in flight was sent (state in_flight).
+	// InFlightAt is when the call in flight was sent (state in_flight).
 	InFlightAt time.Time `json:"in_flight_at,omitzero"`
 
 	// Token is the bearer token; empty when none is held.

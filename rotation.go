@@ -105,7 +105,13 @@ func (a *account) spend(ctx context.Context, storage logical.Storage, prev, r *r
 	defer cancel()
 	sentAt, sendBy := a.m.now(), a.m.mono().Add(sendWindow)
 	var marker *record
-	if act.kind == actRefresh {
+	// A marker tells the other nodes of the call before it is sent: of a
+	// refresh, whose token may be spent, and of the engine's own login, so
+	// that a node that dies after sending it still holds the next active
+	// one (or one paused past its HA lock, not yet aware) to the floor. A
+	// config write's login stores none: its marker would store a password
+	// Teletracker has not yet accepted.
+	if act.kind == actRefresh || (act.kind == actLogin && t.kind != triggerCredential) {
 		marker = r.marked(sentAt)
 		if err := putRecord(ctx, storage, a.key, marker); err != nil {
 			a.log().Error("refresh not attempted: storing its marker failed", "error", err)

@@ -1269,3 +1269,32 @@ func TestLateMarkerAckOfFirstSeedWriteAfterTakeover(t *testing.T) {
 		t.Fatalf("B's session was not kept: %+v", s)
 	}
 }
+
+// TestLoginLeavesATraceBeforeItIsSent: node A logs in and dies before its
+// result is stored; node B, active too for a moment (it was paused past
+// its HA lock's time to live while A took over, and has not yet noticed),
+// ticks a second later. Nothing in storage would tell B of A's login, and
+// B would log in again within the
+// 10 s floor, unless A stored a marker before its login, as before a
+// refresh. Found by the simulation (seed 658).
+func TestLoginLeavesATraceBeforeItIsSent(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(time.Minute)
+	r := e.stored()
+	r.State = stateNeedLogin // the refresh token was refused: the next call logs in
+	e.store(r)
+	nodeA, nodeB := restart(t, e), restart(t, e)
+	t.Cleanup(func() { nodeA.Cleanup(context.Background()); nodeB.Cleanup(context.Background()) })
+	before := e.fake.Stats().LoginCalls
+
+	e.storage.failPuts.Store(-1) // A logs in; its result never reaches storage: A died
+	_ = nodeA.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+	e.storage.failPuts.Store(0)
+	e.clock.Add(time.Second)
+	_ = nodeB.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+
+	if n := e.fake.Stats().LoginCalls - before; n != 1 {
+		t.Fatalf("%d logins within %s of each other, by two nodes: want 1 (the floor is %s)", n, time.Second, minCallInterval)
+	}
+}
