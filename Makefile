@@ -106,8 +106,8 @@ soak: build fakett vault
 
 # The deterministic simulation (sim_test.go) for SIM_DURATION from a seed
 # of the clock: nodes, storage, Teletracker and time, all in process, with
-# every fault the schedule can make. make unit runs seeds 1 to 75 (-sim.seeds,
-# about 20 s under -race on two cores), the same on every machine.
+# every fault the schedule can make. make unit runs seeds 1 to 225 (-sim.seeds,
+# about a minute under -race on two cores), the same on every machine.
 # A failure prints its seed and a shortened schedule that replays it.
 SIM_DURATION ?= 10m
 sim:

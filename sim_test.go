@@ -11,7 +11,7 @@ package teletracker
 //
 //	go test -race -count=1 -run '^TestSim$' . -sim.seed=N -sim.steps=3,17,40
 //
-// make unit runs -sim.seeds seeds (75, about 20 s under -race on two
+// make unit runs -sim.seeds seeds (225, about a minute under -race on two
 // cores), the same ones on every machine; make sim runs for SIM_DURATION
 // (-sim.duration) from a seed of the clock.
 //
@@ -63,7 +63,7 @@ import (
 var (
 	simSeed      = flag.Uint64("sim.seed", 0, "simulation: run this seed only (0: -sim.seeds seeds from 1, or seeds for -sim.duration)")
 	simSteps     = flag.String("sim.steps", "", "simulation: with -sim.seed, replay only these steps of its schedule (comma-separated indices)")
-	simSeeds     = flag.Int("sim.seeds", 75, "simulation: how many seeds to run, when -sim.duration is 0")
+	simSeeds     = flag.Int("sim.seeds", 225, "simulation: how many seeds to run, when -sim.duration is 0")
 	simDuration  = flag.Duration("sim.duration", 0, "simulation: how long to run seeds for, instead of -sim.seeds")
 	simLen       = flag.Int("sim.len", 300, "simulation: steps in each seed's schedule")
 	simRandom    = flag.Bool("sim.random", false, "simulation: start from a seed of the clock, not 1")
