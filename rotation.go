@@ -114,8 +114,8 @@ func (a *account) spend(ctx context.Context, storage logical.Storage, prev, r *r
 	if act.kind == actRefresh || (act.kind == actLogin && t.kind != triggerCredential) {
 		marker = r.marked(sentAt)
 		if err := putRecord(ctx, storage, a.key, marker); err != nil {
-			a.log().Error("refresh not attempted: storing its marker failed", "error", err)
-			err = fmt.Errorf("refresh not attempted: storing its marker failed: %w", err)
+			a.log().Error("call not attempted: storing its marker failed", "error", err)
+			err = fmt.Errorf("call not attempted: storing its marker failed: %w", err)
 			if t.kind == triggerCredential {
 				return prev, fmt.Errorf("nothing changed: %w", err)
 			}
