@@ -1,0 +1,124 @@
+package teletracker
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// TestReviewForgottenAccountResurrectedRefreshesTwice: a token read of x
+// whose existence check (peekRecord's storage Get, outside any lock) is
+// slow, while x is deleted, forgotten by a tick and written again, goes on
+// with the forgotten account object: it publishes onto it and schedules
+// it, so the mount then holds two accounts for x, each with its own lock.
+// A tick brings both up to date at once: x's refresh token is sent twice.
+func TestReviewForgottenAccountResurrectedRefreshesTwice(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.fastBudget()
+	e.configureAccount("x", nil)
+	e.mustRequest(logical.DeleteOperation, "accounts/x", nil)
+
+	var mu sync.Mutex
+	var blockOnce chan struct{} // the next Get of accounts/x waits on it
+	arrived := make(chan struct{}, 1)
+	var barrier struct {
+		armed   bool
+		n       int
+		release chan struct{}
+	}
+	e.storage.beforeGet = func(key string) {
+		if key != accountsPrefix+"x" {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if ch := blockOnce; ch != nil {
+			blockOnce = nil
+			mu.Unlock()
+			arrived <- struct{}{}
+			<-ch
+			mu.Lock()
+		}
+	}
+	// The barrier holds each Get of accounts/x once it has read, until two
+	// have: both ticks' loads read the same record.
+	afterGet := func(key string) {
+		if key != accountsPrefix+"x" {
+			return
+		}
+		mu.Lock()
+		if barrier.armed {
+			barrier.n++
+			rel := barrier.release
+			if barrier.n == 2 {
+				barrier.armed = false
+				close(rel)
+			}
+			mu.Unlock()
+			select {
+			case <-rel:
+			case <-time.After(2 * time.Second):
+			}
+			return
+		}
+		mu.Unlock()
+	}
+
+	release := make(chan struct{})
+	mu.Lock()
+	blockOnce = release
+	mu.Unlock()
+	read := make(chan error, 1)
+	go func() {
+		resp, err := e.request(logical.ReadOperation, "token/x", nil)
+		if err == nil && resp.IsError() {
+			err = resp.Error()
+		}
+		read <- err
+	}()
+	<-arrived // the read's existence check is in storage, holding old x
+
+	e.clock.Add(time.Minute) // x's waits are over
+	if err := e.tick(); err != nil {
+		t.Fatal(err)
+	}
+	e.b.accountsMu.RLock()
+	_, kept := e.b.accounts["x"]
+	e.b.accountsMu.RUnlock()
+	if kept {
+		t.Fatal("setup: x not forgotten")
+	}
+	e.configureAccount("x", nil) // a new object for x
+	close(release)
+	if err := <-read; err != nil {
+		t.Fatalf("the read: %v", err)
+	}
+
+	e.clock.Add(51 * time.Minute)
+	mu.Lock()
+	barrier.armed, barrier.release = true, make(chan struct{})
+	mu.Unlock()
+	_ = e.b.periodicFunc(context.Background(), &logical.Request{Storage: afterGetStorage{e.storage, afterGet}})
+	if n := e.b.sched.heap.Len(); n > 1 {
+		t.Errorf("%d accounts scheduled for the one account x", n)
+	}
+	if n := e.fake.Stats().ReusedRefreshTokens; n != 0 {
+		t.Fatalf("x's refresh token was sent twice (%d re-used): two account objects for one name, each with its own lock", n)
+	}
+}
+
+// afterGetStorage runs after on each Get's key once the Get has read.
+type afterGetStorage struct {
+	logical.Storage
+	after func(key string)
+}
+
+func (s afterGetStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	e, err := s.Storage.Get(ctx, key)
+	s.after(key)
+	return e, err
+}
