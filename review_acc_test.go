@@ -2,6 +2,7 @@ package teletracker
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -121,4 +122,24 @@ func (s afterGetStorage) Get(ctx context.Context, key string) (*logical.StorageE
 	e, err := s.Storage.Get(ctx, key)
 	s.after(key)
 	return e, err
+}
+
+// TestReviewListSurvivesOneAccountsStorageFailure: the fleet's LIST fails
+// as a whole (500, no names) when one account's entry cannot be read,
+// although every other account's health is known: one account's storage
+// failure fails the fleet's read.
+func TestReviewListSurvivesOneAccountsStorageFailure(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configureAccount("broken", nil)
+	e.configureAccount("fine", nil)
+	e.b.invalidate(context.Background(), accountsPrefix+"broken") // its health must be read from storage
+	s := keyFaults{Storage: e.storage, fail: func(key string) bool { return key == accountsPrefix+"broken" }}
+	resp, err := e.handle(s, logical.ListOperation, "accounts/", nil)
+	if err != nil || resp.IsError() {
+		t.Fatalf("LIST with broken's entry unreadable: resp=%v err=%v; fine's health is lost with it", resp, err)
+	}
+	if keys, _ := resp.Data["keys"].([]string); !slices.Contains(keys, "fine") {
+		t.Fatalf("fine not listed: %v", resp.Data)
+	}
 }
