@@ -143,3 +143,56 @@ func TestReviewListSurvivesOneAccountsStorageFailure(t *testing.T) {
 		t.Fatalf("fine not listed: %v", resp.Data)
 	}
 }
+
+// hangingPuts is storage whose Puts of key hang until their context ends.
+type hangingPuts struct {
+	logical.Storage
+	key string
+}
+
+func (s hangingPuts) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if e.Key == s.key {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+// TestReviewCleanStoresEachHeldRecordWithoutWaitingForAnother: Clean makes
+// its last attempt to store each account's held record one account after
+// another, each with its own cleanTimeout: the default account's hanging
+// Put delays named account x's last attempt by 5 s (with N accounts held,
+// N times that), so x's newest refresh token, held in memory alone, waits
+// on another account's storage to be saved before the process goes.
+func TestReviewCleanStoresEachHeldRecordWithoutWaitingForAnother(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configure(nil)
+	e.configureAccount("x", nil)
+	e.clock.Add(time.Minute)
+	for _, p := range []string{"rotate", "rotate/x"} {
+		e.storage.skipPuts.Store(1) // the marker goes in, the result does not
+		e.storage.failPuts.Store(-1)
+		_, _ = e.handle(e.storage, logical.UpdateOperation, p, nil)
+		e.storage.failPuts.Store(0)
+		e.clock.Add(time.Minute)
+	}
+	if e.b.def().held.Load() == nil || e.b.account("x").held.Load() == nil {
+		t.Fatal("setup: both accounts should hold their record")
+	}
+	e.b.storage = hangingPuts{Storage: e.storage.Storage, key: recordKey}
+	done := make(chan struct{})
+	go func() { defer close(done); e.b.clean(context.Background()) }()
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) && e.b.account("x").held.Load() != nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	stored := e.b.account("x").held.Load() == nil
+	<-done
+	if e.b.account("x").held.Load() != nil {
+		t.Fatal("setup: x's held record was never stored")
+	}
+	if !stored {
+		t.Fatal("x's held record was not stored within 1 s of Clean: its last attempt waited for the default account's hanging Put")
+	}
+}
