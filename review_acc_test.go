@@ -196,3 +196,29 @@ func TestReviewCleanStoresEachHeldRecordWithoutWaitingForAnother(t *testing.T) {
 		t.Fatal("x's held record was not stored within 1 s of Clean: its last attempt waited for the default account's hanging Put")
 	}
 }
+
+// TestReviewTickDoesNotWaitForADueAccountsLockHolder: a tick that finds
+// account slow due while a read's refresh of slow hangs upstream under
+// slow's lock blocks on that lock (apply, not a try): the mount's tick
+// lasts as long as slow's call (up to request_timeout and two storage
+// timeouts), and Vault starts no other tick of the mount meanwhile.
+func TestReviewTickDoesNotWaitForADueAccountsLockHolder(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	g := newGate(t, e)
+	e.configureAccount("slow", map[string]interface{}{"base_url": g.url, "request_timeout": "30s"})
+	e.configureAccount("quick", nil)
+	e.clock.Add(51 * time.Minute) // both due
+	g.close()
+	read := make(chan struct{})
+	go func() { defer close(read); _, _ = e.request(logical.ReadOperation, "token/slow", nil) }()
+	<-g.arrived // slow's refresh is upstream, its lock held
+	gen := e.generation("quick")
+	finishes(t, "a tick while slow's call hangs", g.open, func() { _ = e.tick() })
+	if e.generation("quick") != gen+1 {
+		t.Fatal("quick not refreshed by the tick")
+	}
+	g.open()
+	<-read
+	e.wantNoReuse()
+}
