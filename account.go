@@ -50,6 +50,10 @@ type account struct {
 	// gone is what stays of a deleted named account in memory (its waits),
 	// until they are over; written under refreshMu.
 	gone atomic.Pointer[record]
+	// forgotten is set, under refreshMu, once the mount dropped the account
+	// (forget): whoever still holds it hands its work to the name's account
+	// now, and the schedule takes it no more.
+	forgotten atomic.Bool
 	// snap is what reads are answered from; nil until loaded and after Invalidate.
 	snap atomic.Pointer[snapshot]
 	// epoch counts invalidations: a copy loaded before one is not published.
@@ -160,6 +164,7 @@ func (b *backend) forget(a *account) {
 	if a.name == "" {
 		return
 	}
+	a.forgotten.Store(true)
 	b.accountsMu.Lock()
 	if b.accounts[a.name] == a {
 		delete(b.accounts, a.name)

@@ -453,3 +453,166 @@ func TestInvalidateOfOneAccountDropsItsSnapshotAlone(t *testing.T) {
 		t.Fatal("a key of no account dropped a snapshot")
 	}
 }
+
+// TestForgottenAccountHandsOnItsWork: a token read of x whose existence
+// check is slow, while x is deleted, forgotten by a tick and written
+// again, goes on with the forgotten account object; it hands the read to
+// x's account now, so that one name never has two locks, and x's refresh
+// token is sent once.
+func TestForgottenAccountHandsOnItsWork(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.fastBudget()
+	e.configureAccount("x", nil)
+	e.mustRequest(logical.DeleteOperation, "accounts/x", nil)
+
+	var mu sync.Mutex
+	var blockOnce chan struct{} // the next Get of accounts/x waits on it
+	arrived := make(chan struct{}, 1)
+	var barrier struct {
+		armed   bool
+		n       int
+		release chan struct{}
+	}
+	e.storage.beforeGet = func(key string) {
+		if key != accountsPrefix+"x" {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if ch := blockOnce; ch != nil {
+			blockOnce = nil
+			mu.Unlock()
+			arrived <- struct{}{}
+			<-ch
+			mu.Lock()
+		}
+	}
+	// The barrier holds each Get of accounts/x once it has read, until two
+	// have: both ticks' loads read the same record.
+	afterGet := func(key string) {
+		if key != accountsPrefix+"x" {
+			return
+		}
+		mu.Lock()
+		if barrier.armed {
+			barrier.n++
+			rel := barrier.release
+			if barrier.n == 2 {
+				barrier.armed = false
+				close(rel)
+			}
+			mu.Unlock()
+			select {
+			case <-rel:
+			case <-time.After(2 * time.Second):
+			}
+			return
+		}
+		mu.Unlock()
+	}
+
+	release := make(chan struct{})
+	mu.Lock()
+	blockOnce = release
+	mu.Unlock()
+	read := make(chan error, 1)
+	go func() {
+		resp, err := e.request(logical.ReadOperation, "token/x", nil)
+		if err == nil && resp.IsError() {
+			err = resp.Error()
+		}
+		read <- err
+	}()
+	<-arrived // the read's existence check is in storage, holding old x
+
+	e.clock.Add(time.Minute) // x's waits are over
+	if err := e.tick(); err != nil {
+		t.Fatal(err)
+	}
+	e.b.accountsMu.RLock()
+	_, kept := e.b.accounts["x"]
+	e.b.accountsMu.RUnlock()
+	if kept {
+		t.Fatal("setup: x not forgotten")
+	}
+	e.configureAccount("x", nil) // a new object for x
+	close(release)
+	if err := <-read; err != nil {
+		t.Fatalf("the read: %v", err)
+	}
+
+	e.clock.Add(51 * time.Minute)
+	mu.Lock()
+	barrier.armed, barrier.release = true, make(chan struct{})
+	mu.Unlock()
+	_ = e.b.periodicFunc(context.Background(), &logical.Request{Storage: afterGetStorage{e.storage, afterGet}})
+	if n := e.b.sched.heap.Len(); n > 1 {
+		t.Errorf("%d accounts scheduled for the one account x", n)
+	}
+	if n := e.fake.Stats().ReusedRefreshTokens; n != 0 {
+		t.Fatalf("x's refresh token was sent twice (%d re-used): two account objects for one name, each with its own lock", n)
+	}
+}
+
+// afterGetStorage runs after on each Get's key once the Get has read.
+type afterGetStorage struct {
+	logical.Storage
+	after func(key string)
+}
+
+func (s afterGetStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	e, err := s.Storage.Get(ctx, key)
+	s.after(key)
+	return e, err
+}
+
+// hangingPuts is storage whose Puts of key hang until their context ends.
+type hangingPuts struct {
+	logical.Storage
+	key string
+}
+
+func (s hangingPuts) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if e.Key == s.key {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return s.Storage.Put(ctx, e)
+}
+
+// TestCleanStoresHeldRecordsApart: Clean's last attempts to store the
+// accounts' held records run side by side: the default account's hanging
+// Put does not make named account x's newest refresh token wait for it.
+func TestCleanStoresHeldRecordsApart(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configure(nil)
+	e.configureAccount("x", nil)
+	e.clock.Add(time.Minute)
+	for _, p := range []string{"rotate", "rotate/x"} {
+		e.storage.skipPuts.Store(1) // the marker goes in, the result does not
+		e.storage.failPuts.Store(-1)
+		_, _ = e.handle(e.storage, logical.UpdateOperation, p, nil)
+		e.storage.failPuts.Store(0)
+		e.clock.Add(time.Minute)
+	}
+	if e.b.def().held.Load() == nil || e.b.account("x").held.Load() == nil {
+		t.Fatal("setup: both accounts should hold their record")
+	}
+	e.b.storage = hangingPuts{Storage: e.storage.Storage, key: recordKey}
+	done := make(chan struct{})
+	go func() { defer close(done); e.b.clean(context.Background()) }()
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) && e.b.account("x").held.Load() != nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	stored := e.b.account("x").held.Load() == nil
+	<-done
+	if e.b.account("x").held.Load() != nil {
+		t.Fatal("setup: x's held record was never stored")
+	}
+	if !stored {
+		t.Fatal("x's held record was not stored within 1 s of Clean: its last attempt waited for the default account's hanging Put")
+	}
+}

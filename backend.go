@@ -41,8 +41,9 @@ const (
 	maxRequestTimeout = 30 * time.Second
 	// cleanTimeout bounds the last attempt to store a held record.
 	cleanTimeout = 5 * time.Second
-	// defaultTickWorkers is how many accounts a tick brings up to date at
-	// once: enough that a slow call does not hold up the turns of others.
+	// defaultTickWorkers is how many accounts a tick brings up to date (or
+	// Clean stores) at once: enough that a slow call or store does not hold
+	// up the others.
 	defaultTickWorkers = 64
 
 	// The states status reports.
@@ -89,7 +90,7 @@ type backend struct {
 	accounts map[string]*account
 	// sched is when a tick next has work for each account (schedule.go).
 	sched schedule
-	// tickWorkers is how many accounts a tick brings up to date at once.
+	// tickWorkers is how many accounts forEach works on at once.
 	tickWorkers int
 	// loaded says every account's record has been loaded once (loadAll).
 	loaded atomic.Bool
@@ -240,9 +241,29 @@ func (b *backend) clean(ctx context.Context) {
 	b.accountsMu.RLock()
 	accounts := append([]*account{b.def()}, slices.Collect(maps.Values(b.accounts))...)
 	b.accountsMu.RUnlock()
-	for _, a := range accounts {
-		a.clean(ctx)
+	b.forEach(accounts, func(_ int, a *account) { a.clean(ctx) })
+}
+
+// forEach runs f on each of accounts, tickWorkers at a time, and returns
+// once all are done: one account's slow storage or call holds up no other
+// beyond its worker.
+func (b *backend) forEach(accounts []*account, f func(i int, a *account)) {
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range min(b.tickWorkers, len(accounts)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				f(i, accounts[i])
+			}
+		}()
 	}
+	for i := range accounts {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
 }
 
 // clean waits for a's call under way, if any, and makes a last attempt to

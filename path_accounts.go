@@ -47,7 +47,7 @@ func pathAccounts(b *backend) *framework.Path {
 						Description: "OK",
 						Fields: map[string]*framework.FieldSchema{
 							"keys":     {Type: framework.TypeStringSlice, Required: true, Description: "The account names, sorted."},
-							"key_info": {Type: framework.TypeMap, Required: true, Description: "Per name: state, expires_at, consecutive_failures, next_attempt_at."},
+							"key_info": {Type: framework.TypeMap, Required: true, Description: "Per name: state, expires_at, consecutive_failures, next_attempt_at; state unknown and error for one whose record could not be read."},
 						},
 					}},
 				},
@@ -88,7 +88,12 @@ func (b *backend) pathAccountsList(ctx context.Context, req *logical.Request, d 
 		a := b.account(name)
 		r, err := a.peekRecord(ctx, req.Storage)
 		if err != nil {
-			return nil, err
+			// One account's unreadable entry hides no other's health; its
+			// own is "unknown", with why.
+			keys = append(keys, name)
+			info[name] = map[string]interface{}{"state": "unknown", "expires_at": nil, "consecutive_failures": nil,
+				"next_attempt_at": nil, "error": "reading its record failed: " + err.Error()}
+			continue
 		}
 		if !r.configured() {
 			continue // deleted meanwhile
@@ -110,7 +115,9 @@ const pathAccountsHelpSyn = `List the mount's named accounts, with the health of
 const pathAccountsHelpDesc = `
 keys are the names of the named accounts, sorted; key_info holds, per name,
 its state (healthy, degraded, reauth_required), expires_at,
-consecutive_failures and next_attempt_at, as status/<name> reports them.
+consecutive_failures and next_attempt_at, as status/<name> reports them;
+an account whose record could not be read has state unknown and an error,
+and the others are listed all the same.
 The default account (config, token, rotate, status) is not listed.
 
 For very large sets, page with limit and after (query parameters of the

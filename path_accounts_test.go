@@ -1,6 +1,7 @@
 package teletracker
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"slices"
@@ -218,5 +219,31 @@ func TestAccountsListSkipsDeletedOnAPage(t *testing.T) {
 	e.mustRequest(logical.DeleteOperation, "accounts/a2", nil)
 	if keys, _ := e.list(map[string]interface{}{"limit": 2}); !slices.Equal(keys, []string{"a3", "a4"}) {
 		t.Fatalf("first page of 2 after deleting a1 and a2: %v", keys)
+	}
+}
+
+// TestAccountsListSurvivesOneUnreadableEntry: one account's entry that
+// storage cannot read hides no other's health: the LIST answers, that one
+// with state unknown and an error.
+func TestAccountsListSurvivesOneUnreadableEntry(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configureAccount("broken", nil)
+	e.configureAccount("fine", nil)
+	e.b.invalidate(context.Background(), accountsPrefix+"broken") // its health must be read from storage
+	s := keyFaults{Storage: e.storage, fail: func(key string) bool { return key == accountsPrefix+"broken" }}
+	resp, err := e.handle(s, logical.ListOperation, "accounts/", nil)
+	if err != nil || resp.IsError() {
+		t.Fatalf("LIST with broken's entry unreadable: resp=%v err=%v; fine's health is lost with it", resp, err)
+	}
+	if keys, _ := resp.Data["keys"].([]string); !slices.Contains(keys, "fine") || !slices.Contains(keys, "broken") {
+		t.Fatalf("not both listed: %v", resp.Data)
+	}
+	info := resp.Data["key_info"].(map[string]interface{})
+	if b := info["broken"].(map[string]interface{}); b["state"] != "unknown" || b["error"] == nil {
+		t.Fatalf("broken's entry: %v", b)
+	}
+	if f := info["fine"].(map[string]interface{}); f["state"] != stateHealthy {
+		t.Fatalf("fine's entry: %v", f)
 	}
 }

@@ -1,6 +1,7 @@
 package teletracker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,8 +37,20 @@ func (a *account) apply(ctx context.Context, storage logical.Storage, t trigger,
 	return a.applyLocked(ctx, storage, t, ch)
 }
 
-// applyLocked is apply for a caller that holds refreshMu.
+// applyLocked is apply for a caller that holds refreshMu. An account the
+// mount forgot while the caller waited hands the work to the name's account
+// now (a config write makes one), so that one name never has two locks.
 func (a *account) applyLocked(ctx context.Context, storage logical.Storage, t trigger, ch change) (*record, error) {
+	if a.forgotten.Load() {
+		next := a.m.account(a.name)
+		if ch == nil {
+			var err error
+			if next, err = a.m.existing(ctx, storage, a.name); next == nil {
+				return nil, cmp.Or(err, errNotConfigured)
+			}
+		}
+		return next.apply(ctx, storage, t, ch)
+	}
 	// The snapshot is what this node last stored or loaded (or nil after
 	// Invalidate): while it asks for no call, storage is not read again.
 	if snap := a.snap.Load(); snap != nil && ch == nil && a.held.Load() == nil {

@@ -35,6 +35,8 @@ func (s *schedule) set(a *account, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
+	case a.forgotten.Load() && a.index < 0:
+		// Forgotten (forget sets it before it removes a): not taken again.
 	case at.Equal(never):
 		if a.index >= 0 {
 			heap.Remove(&s.heap, a.index)
@@ -124,42 +126,32 @@ func (b *backend) periodicFunc(ctx context.Context, req *logical.Request) error 
 		due = due[:n]
 	}
 	errs := make([]error, len(due))
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range min(b.tickWorkers, len(due)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				errs[i] = due[i].tick(ctx, req.Storage)
-			}
-		}()
-	}
-	for i := range due {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
+	b.forEach(due, func(i int, a *account) { errs[i] = a.tick(ctx, req.Storage) })
 	return errors.Join(append(errs, loadErr)...)
 }
 
 // tick brings a up to date on the mount's tick. A deleted account is
-// forgotten once its waits are over. Only a storage failure is returned.
+// forgotten once its waits are over. An account whose lock is held (a call
+// under way) is not waited for: the next tick looks at it again. Only a
+// storage failure is returned.
 func (a *account) tick(ctx context.Context, storage logical.Storage) error {
-	r, err := a.apply(ctx, storage, trigger{kind: triggerTick}, nil)
+	if !a.refreshMu.TryLock() {
+		a.m.sched.set(a, a.m.now())
+		return nil
+	}
+	defer a.refreshMu.Unlock()
+	r, err := a.applyLocked(ctx, storage, trigger{kind: triggerTick}, nil)
 	if r == nil && !errors.Is(err, errNotConfigured) {
 		a.m.sched.set(a, a.m.now()) // storage failed: the next tick tries again
 	}
 	switch {
 	case errors.Is(err, errNotConfigured):
-		a.refreshMu.Lock()
 		if r := a.gone.Load(); a.held.Load() == nil && a.snap.Load() == nil &&
 			(r == nil || !tickAt(r, a.m.now()).After(a.m.now())) && a.m.mono().Sub(a.lastCall) >= minCallInterval {
 			a.m.forget(a)
 		} else if r != nil {
 			a.m.sched.set(a, tickAt(r, a.m.now()))
 		}
-		a.refreshMu.Unlock()
 		return nil
 	case succeeded(err) || errors.Is(err, logical.ErrReadOnly) || statusCode(triggerTick, err) != http.StatusInternalServerError:
 		return nil

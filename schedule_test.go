@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
 )
 
 // fleet configures n named accounts prefix-0, prefix-1, ... with extra.
@@ -143,4 +145,28 @@ func TestFirstTickLoadRefreshesDueAccounts(t *testing.T) {
 	if after := e.fake.Stats(); after.RefreshCalls+after.LoginCalls == before.RefreshCalls+before.LoginCalls {
 		t.Fatal("the first tick loaded a due account but did not refresh it")
 	}
+}
+
+// TestTickDoesNotWaitForALockHolder: a tick that finds account slow due
+// while a read's refresh of slow hangs upstream under slow's lock does not
+// wait for it: it brings the others up to date and leaves slow to the next.
+func TestTickDoesNotWaitForALockHolder(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	g := newGate(t, e)
+	e.configureAccount("slow", map[string]interface{}{"base_url": g.url, "request_timeout": "30s"})
+	e.configureAccount("quick", nil)
+	e.clock.Add(51 * time.Minute) // both due
+	g.close()
+	read := make(chan struct{})
+	go func() { defer close(read); _, _ = e.request(logical.ReadOperation, "token/slow", nil) }()
+	<-g.arrived // slow's refresh is upstream, its lock held
+	gen := e.generation("quick")
+	finishes(t, "a tick while slow's call hangs", g.open, func() { _ = e.tick() })
+	if e.generation("quick") != gen+1 {
+		t.Fatal("quick not refreshed by the tick")
+	}
+	g.open()
+	<-read
+	e.wantNoReuse()
 }
