@@ -1,0 +1,97 @@
+package teletracker
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// TestReviewRecreateRacingForgetMakesTwoAccounts: account x was deleted and
+// its waits are over, so a tick forgets it. A config write that recreates
+// x and got x's in-memory account before the tick's forget (it waits on
+// x's lock while the tick reads x's entry) goes on with the forgotten
+// account: it logs in and stores x under a lock no one else takes. The
+// next request makes a second account for x, with a lock of its own, and
+// both are scheduled: on the tick they fall due together and both send the
+// one refresh token.
+func TestReviewRecreateRacingForgetMakesTwoAccounts(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configureAccount("x", nil)
+	e.mustRequest(logical.DeleteOperation, "accounts/x", nil)
+	e.clock.Add(time.Minute) // x's waits are over: the next tick forgets it
+	a1 := e.b.account("x")
+
+	var once sync.Once
+	written := make(chan error, 1)
+	// The tick reads x's entry under x's lock; meanwhile the recreating
+	// write arrives and waits for that lock.
+	e.storage.beforeGet = func(key string) {
+		if key != accountsPrefix+"x" {
+			return
+		}
+		once.Do(func() {
+			go func() {
+				_, err := e.handle(e.storage, logical.UpdateOperation, "accounts/x",
+					map[string]interface{}{"base_url": e.url, "username": "demo", "password": "demo-password"})
+				written <- err
+			}()
+			time.Sleep(200 * time.Millisecond) // the write is waiting on x's lock
+		})
+	}
+	if err := e.tick(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-written; err != nil {
+		t.Fatalf("recreating x: %v", err)
+	}
+	e.storage.beforeGet = nil
+	if e.storedAccount("x") == nil {
+		t.Fatal("setup: x was not recreated")
+	}
+	e.b.accountsMu.RLock()
+	inMap := e.b.accounts["x"]
+	e.b.accountsMu.RUnlock()
+	if inMap != a1 {
+		t.Errorf("x was recreated by an account the mount no longer knows (in memory: %p, writer: %p)", inMap, a1)
+	}
+
+	// Another request for x: the mount makes a second account for it.
+	e.mustRequest(logical.ReadOperation, "token/x", nil)
+	a2 := e.b.account("x")
+	if a2 != a1 {
+		t.Errorf("two accounts in memory for x: the recreated one (%p) and a new one (%p), each with its own lock", a1, a2)
+	}
+
+	// Both fall due together; each reads x's entry before either marks it.
+	both := &barrierGets{Storage: e.storage, key: accountsPrefix + "x", n: 2}
+	e.clock.Add(51 * time.Minute)
+	_ = e.b.periodicFunc(context.Background(), &logical.Request{Storage: both})
+	if n := e.fake.Stats().ReusedRefreshTokens; n != 0 {
+		t.Errorf("fake saw %d re-used refresh token(s): x's one refresh token was sent by both accounts", n)
+	}
+}
+
+// barrierGets is storage whose Gets of key, once read, wait (up to 2 s)
+// until n of them have been read: n callers that load the same entry.
+type barrierGets struct {
+	logical.Storage
+	key  string
+	n    int64
+	read atomic.Int64
+}
+
+func (s *barrierGets) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	e, err := s.Storage.Get(ctx, key)
+	if key == s.key && s.read.Add(1) <= s.n {
+		deadline := time.Now().Add(2 * time.Second)
+		for s.read.Load() < s.n && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return e, err
+}
