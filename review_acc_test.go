@@ -95,3 +95,23 @@ func (s *barrierGets) Get(ctx context.Context, key string) (*logical.StorageEntr
 	}
 	return e, err
 }
+
+// TestReviewListSurvivesOneAccountsStorageFailure: storage that fails
+// every read of account broken's entry fails the LIST of the whole fleet,
+// where status/broken says degraded and fine is healthy: one account's
+// storage failure must not fail another's reads.
+func TestReviewListSurvivesOneAccountsStorageFailure(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configureAccount("broken", nil)
+	e.configureAccount("fine", nil)
+	s := keyFaults{Storage: e.storage, fail: func(key string) bool { return key == accountsPrefix+"broken" }}
+	e.b.invalidate(context.Background(), accountsPrefix+"broken") // another node wrote it
+	resp, err := e.handle(s, logical.ListOperation, "accounts/", nil)
+	if err != nil || resp.IsError() {
+		t.Fatalf("LIST accounts/ with one account's entry unreadable: resp=%v err=%v, want fine listed (and broken shown degraded)", resp, err)
+	}
+	if keys, _ := resp.Data["keys"].([]string); len(keys) == 0 {
+		t.Fatalf("LIST accounts/: %v", resp.Data)
+	}
+}
