@@ -115,3 +115,42 @@ func TestReviewListSurvivesOneAccountsStorageFailure(t *testing.T) {
 		t.Fatalf("LIST accounts/: %v", resp.Data)
 	}
 }
+
+// TestReviewMetricsCountAccountWhoseEntryCannotBeRead: an account whose
+// entry storage cannot give back is degraded by status (nothing can be
+// refreshed), but the metrics leave it out: not counted by state, no
+// series of its own, so the alert that names accounts needing attention
+// never fires for it.
+func TestReviewMetricsCountAccountWhoseEntryCannotBeRead(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configureAccount("broken", nil)
+	e.configureAccount("fine", nil)
+	s := keyFaults{Storage: e.storage, fail: func(key string) bool { return key == accountsPrefix+"broken" }}
+	e.b.invalidate(context.Background(), accountsPrefix+"broken")
+	e.clock.Add(51 * time.Minute)
+	_ = e.b.periodicFunc(context.Background(), &logical.Request{Storage: s})
+	st := e.mustRequest(logical.ReadOperation, "status/broken", nil).Data
+	if st["state"] != stateDegraded {
+		t.Fatalf("setup: status/broken %v", st)
+	}
+	f := e.scrape()
+	total := 0.0
+	for _, state := range accountStates {
+		total += value(t, f, "teletracker_accounts", "state="+state)
+	}
+	if total != 2 {
+		t.Errorf("teletracker_accounts counts %v accounts of 2", total)
+	}
+	found := false
+	for _, m := range f["teletracker_account_state"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "account" && l.GetValue() == "broken" {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no teletracker_account_state series for broken, which status says is %v (%v)", st["state"], st["last_error"])
+	}
+}
