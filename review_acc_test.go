@@ -154,3 +154,35 @@ func TestReviewMetricsCountAccountWhoseEntryCannotBeRead(t *testing.T) {
 		t.Errorf("no teletracker_account_state series for broken, which status says is %v (%v)", st["state"], st["last_error"])
 	}
 }
+
+// TestReviewDeleteByAnotherNodeDuringLoginStands: as
+// TestDeleteByAnotherNodeDuringRefreshStands, but the call under way is a
+// login (the session was lost, a password is stored): a login stores no
+// marker, so nothing looks at storage before its result is stored, and
+// the deleted account comes back with a new session.
+func TestReviewDeleteByAnotherNodeDuringLoginStands(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	g := newGate(t, e)
+	e.configureAccount("doomed", map[string]interface{}{"base_url": g.url, "request_timeout": "30s"})
+	r := e.storedAccount("doomed")
+	r.State, r.Token, r.RefreshToken = stateNeedLogin, "", ""
+	if err := putRecord(context.Background(), e.storage.Storage, accountsPrefix+"doomed", r); err != nil {
+		t.Fatal(err)
+	}
+	e.b.invalidate(context.Background(), accountsPrefix+"doomed")
+	e.clock.Add(time.Minute)
+	g.close()
+	ticked := make(chan struct{})
+	go func() { defer close(ticked); _ = e.tick() }()
+	<-g.arrived // the tick's login is upstream
+	if err := e.storage.Storage.Delete(context.Background(), accountsPrefix+"doomed"); err != nil {
+		t.Fatal(err)
+	}
+	e.b.invalidate(context.Background(), accountsPrefix+"doomed")
+	g.open()
+	<-ticked
+	if r := e.storedAccount("doomed"); r != nil {
+		t.Fatalf("the login under way brought the deleted account back: state %s", r.State)
+	}
+}
