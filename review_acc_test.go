@@ -186,3 +186,26 @@ func TestReviewDeleteByAnotherNodeDuringLoginStands(t *testing.T) {
 		t.Fatalf("the login under way brought the deleted account back: state %s", r.State)
 	}
 }
+
+// TestReviewTickDoesNotWaitForAnotherAccountsLock: account slow's rotate
+// hangs upstream under slow's lock. The mount's tick refreshes quick, but
+// then waits on slow's lock, and does not return until slow's call ends.
+// Vault runs one periodic function per mount at a time (RollbackManager.
+// startOrLookupRollback returns the one in flight), so every tick of every
+// other account of the mount is skipped for as long as slow's lock is
+// held: up to maxPaceWait + request_timeout + 2 storage timeouts.
+func TestReviewTickDoesNotWaitForAnotherAccountsLock(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	g := newGate(t, e)
+	e.configureAccount("slow", map[string]interface{}{"base_url": g.url, "request_timeout": "30s"})
+	e.configureAccount("quick", nil)
+	e.clock.Add(51 * time.Minute) // both due
+	g.close()
+	rotated := make(chan struct{})
+	go func() { defer close(rotated); _, _ = e.request(logical.UpdateOperation, "rotate/slow", nil) }()
+	<-g.arrived
+	finishes(t, "the mount's tick while slow's lock is held", g.open, func() { _ = e.tick() })
+	g.open()
+	<-rotated
+}
