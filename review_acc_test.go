@@ -209,3 +209,30 @@ func TestReviewTickDoesNotWaitForAnotherAccountsLock(t *testing.T) {
 	g.open()
 	<-rotated
 }
+
+// TestReviewRefusedWriteLeavesNoAccountInMemory: a config write to a new
+// name that is refused for its input (400) makes the account in memory
+// and never forgets it (it is never scheduled, so no tick looks at it):
+// a script writing bad configs under new names grows the mount's memory
+// without bound.
+func TestReviewRefusedWriteLeavesNoAccountInMemory(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	for i := range 50 {
+		resp, err := e.request(logical.UpdateOperation, accountsPrefix+"n"+string(rune('a'+i%26))+string(rune('a'+i/26)),
+			map[string]interface{}{"base_url": e.url, "request_timeout": "600"})
+		if statusOf(resp, err) != 400 {
+			t.Fatalf("setup: resp=%v err=%v", resp, err)
+		}
+	}
+	for range 3 {
+		e.clock.Add(time.Minute)
+		_ = e.tick()
+	}
+	e.b.accountsMu.RLock()
+	n := len(e.b.accounts)
+	e.b.accountsMu.RUnlock()
+	if n != 0 {
+		t.Fatalf("%d accounts kept in memory for names whose every write was refused", n)
+	}
+}
