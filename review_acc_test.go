@@ -236,3 +236,19 @@ func TestReviewRefusedWriteLeavesNoAccountInMemory(t *testing.T) {
 		t.Fatalf("%d accounts kept in memory for names whose every write was refused", n)
 	}
 }
+
+// TestReviewMetricsSurviveDefaultAccountsStorageFailure: on a mount that
+// uses named accounts alone, the default account has no snapshot, so each
+// scrape reads its entry from storage; when that read fails, the whole
+// scrape fails, and with it every named account's series and the fleet's
+// counts: one account's storage failure fails the others' reads.
+func TestReviewMetricsSurviveDefaultAccountsStorageFailure(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configureAccount("fine", nil)
+	s := keyFaults{Storage: e.storage, fail: func(key string) bool { return key == recordKey }}
+	resp, err := e.handle(s, logical.ReadOperation, "metrics", nil)
+	if err != nil || resp.IsError() {
+		t.Fatalf("metrics with the (unused) default account's entry unreadable: resp=%v err=%v", resp, err)
+	}
+}
