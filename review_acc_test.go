@@ -252,3 +252,22 @@ func TestReviewMetricsSurviveDefaultAccountsStorageFailure(t *testing.T) {
 		t.Fatalf("metrics with the (unused) default account's entry unreadable: resp=%v err=%v", resp, err)
 	}
 }
+
+// TestReviewCleanedMountAddsNoNeed: Clean takes each account's need out of
+// the process's (shared with every other mount), but a request that
+// reaches the mount after Clean publishes its record again and adds its
+// need back, for good: the process's calls_per_second_needed stays
+// inflated by a mount that is gone, toward a false "over budget".
+func TestReviewCleanedMountAddsNoNeed(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(time.Minute)
+	e.b.clean(context.Background())
+	if needed, _ := e.b.proc.capacity(); needed != 0 {
+		t.Fatalf("setup: %v needed after Clean", needed)
+	}
+	_, _ = e.request(logical.UpdateOperation, "rotate", nil) // a request still routed to the old mount
+	if needed, _ := e.b.proc.capacity(); needed != 0 {
+		t.Errorf("the process needs %v calls a second for a mount that was cleaned", needed)
+	}
+}
