@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -269,5 +270,36 @@ func TestReviewCleanedMountAddsNoNeed(t *testing.T) {
 	_, _ = e.request(logical.UpdateOperation, "rotate", nil) // a request still routed to the old mount
 	if needed, _ := e.b.proc.capacity(); needed != 0 {
 		t.Errorf("the process needs %v calls a second for a mount that was cleaned", needed)
+	}
+}
+
+// TestReviewStandbyWritesNothingForNamedAccounts (a check that held, kept
+// as evidence): a performance standby that learns of named accounts by
+// Invalidate, lists, reads and ticks them, through expiry, never writes.
+func TestReviewStandbyWritesNothingForNamedAccounts(t *testing.T) {
+	active := newTestEnv(t)
+	active.ownAccounts()
+	active.configureAccount("a", nil)
+	active.configureAccount("b", nil)
+	standby := newTestEnv(t, withReplicationState(consts.ReplicationPerformanceStandby))
+	standby.storage.Storage = active.storage.Storage
+	standby.b.now, standby.b.mono = active.clock.Now, active.clock.Mono
+	for _, n := range []string{"a", "b", "gone"} {
+		standby.b.invalidate(context.Background(), accountsPrefix+n)
+	}
+	puts := active.storage.puts.Load()
+	for range 70 {
+		_ = standby.tick()
+		_, _ = standby.request(logical.ListOperation, "accounts/", nil)
+		_, _ = standby.request(logical.ReadOperation, "token/a", nil)
+		_, _ = standby.request(logical.ReadOperation, "status/b", nil)
+		_, _ = standby.request(logical.ReadOperation, "metrics", nil)
+		active.clock.Add(time.Minute)
+	}
+	if n := standby.storage.puts.Load(); n != 0 {
+		t.Errorf("the standby wrote %d times", n)
+	}
+	if active.storage.puts.Load() != puts || active.fake.Stats().RefreshCalls != 0 {
+		t.Errorf("the standby called or wrote: %+v", active.fake.Stats())
 	}
 }
