@@ -3,8 +3,10 @@ package teletracker
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -191,17 +193,22 @@ func (a *account) peekRecord(ctx context.Context, storage logical.Storage) (*rec
 }
 
 // namedRecords is the records of the named accounts this node holds in
-// memory (on the active node, all of them), by name.
-func (b *backend) namedRecords() map[string]*record {
+// memory (on the active node, all of them), by name, each as peekRecord
+// gives it, and the names of those whose record storage could not read
+// (now, or at the last try under its lock).
+func (b *backend) namedRecords(ctx context.Context, storage logical.Storage) (map[string]*record, []string) {
 	b.accountsMu.RLock()
-	defer b.accountsMu.RUnlock()
-	records := make(map[string]*record, len(b.accounts))
-	for name, a := range b.accounts {
-		if r := a.held.Load(); r != nil {
-			records[name] = r
-		} else if st := a.snap.Load(); st != nil {
-			records[name] = st.rec
+	accounts := slices.Collect(maps.Values(b.accounts))
+	b.accountsMu.RUnlock()
+	records := make(map[string]*record, len(accounts))
+	var unreadable []string
+	for _, a := range accounts {
+		switch r, err := a.peekRecord(ctx, storage); {
+		case err != nil, a.loadFailed.Load() != nil: // as status says
+			unreadable = append(unreadable, a.name)
+		case r.configured():
+			records[a.name] = r
 		}
 	}
-	return records
+	return records, unreadable
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -614,5 +615,179 @@ func TestCleanStoresHeldRecordsApart(t *testing.T) {
 	}
 	if !stored {
 		t.Fatal("x's held record was not stored within 1 s of Clean: its last attempt waited for the default account's hanging Put")
+	}
+}
+
+// TestRecreateRacingForgetKeepsOneAccount: account x was deleted and
+// its waits are over, so a tick forgets it. A config write that recreates
+// x and got x's in-memory account before the tick's forget (it waits on
+// x's lock while the tick reads x's entry) goes on with the forgotten
+// account: it logs in and stores x under a lock no one else takes. The
+// next request makes a second account for x, with a lock of its own, and
+// both are scheduled: on the tick they fall due together and both send the
+// one refresh token.
+func TestRecreateRacingForgetKeepsOneAccount(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configureAccount("x", nil)
+	e.mustRequest(logical.DeleteOperation, "accounts/x", nil)
+	e.clock.Add(time.Minute) // x's waits are over: the next tick forgets it
+
+	var once sync.Once
+	written := make(chan error, 1)
+	// The tick reads x's entry under x's lock; meanwhile the recreating
+	// write arrives and waits for that lock.
+	e.storage.beforeGet = func(key string) {
+		if key != accountsPrefix+"x" {
+			return
+		}
+		once.Do(func() {
+			go func() {
+				_, err := e.handle(e.storage, logical.UpdateOperation, "accounts/x",
+					map[string]interface{}{"base_url": e.url, "username": "demo", "password": "demo-password"})
+				written <- err
+			}()
+			time.Sleep(200 * time.Millisecond) // the write is waiting on x's lock
+		})
+	}
+	if err := e.tick(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-written; err != nil {
+		t.Fatalf("recreating x: %v", err)
+	}
+	e.storage.beforeGet = nil
+	if e.storedAccount("x") == nil {
+		t.Fatal("setup: x was not recreated")
+	}
+	e.b.accountsMu.RLock()
+	inMap := e.b.accounts["x"]
+	e.b.accountsMu.RUnlock()
+	if inMap == nil || inMap.forgotten.Load() {
+		t.Errorf("x recreated, but the mount holds no live account for it (%p)", inMap)
+	}
+
+	// Another request for x: the mount uses the same account.
+	e.mustRequest(logical.ReadOperation, "token/x", nil)
+	if a2 := e.b.account("x"); a2 != inMap {
+		t.Errorf("two accounts in memory for x (%p, %p), each with its own lock", inMap, a2)
+	}
+
+	// Both fall due together; each reads x's entry before either marks it.
+	both := &barrierGets{Storage: e.storage, key: accountsPrefix + "x", n: 2}
+	e.clock.Add(51 * time.Minute)
+	_ = e.b.periodicFunc(context.Background(), &logical.Request{Storage: both})
+	if n := e.fake.Stats().ReusedRefreshTokens; n != 0 {
+		t.Errorf("fake saw %d re-used refresh token(s): x's one refresh token was sent by both accounts", n)
+	}
+}
+
+// barrierGets is storage whose Gets of key, once read, wait (up to 2 s)
+// until n of them have been read: n callers that load the same entry.
+type barrierGets struct {
+	logical.Storage
+	key  string
+	n    int64
+	read atomic.Int64
+}
+
+func (s *barrierGets) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	e, err := s.Storage.Get(ctx, key)
+	if key == s.key && s.read.Add(1) <= s.n {
+		deadline := time.Now().Add(2 * time.Second)
+		for s.read.Load() < s.n && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return e, err
+}
+
+// TestDeleteByAnotherNodeDuringLoginStands: as
+// TestDeleteByAnotherNodeDuringRefreshStands, but the call under way is a
+// login (the session was lost, a password is stored): a login stores no
+// marker, so nothing looks at storage before its result is stored, and
+// the deleted account comes back with a new session.
+func TestDeleteByAnotherNodeDuringLoginStands(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	g := newGate(t, e)
+	e.configureAccount("doomed", map[string]interface{}{"base_url": g.url, "request_timeout": "30s"})
+	r := e.storedAccount("doomed")
+	r.State, r.Token, r.RefreshToken = stateNeedLogin, "", ""
+	if err := putRecord(context.Background(), e.storage.Storage, accountsPrefix+"doomed", r); err != nil {
+		t.Fatal(err)
+	}
+	e.b.invalidate(context.Background(), accountsPrefix+"doomed")
+	e.clock.Add(time.Minute)
+	g.close()
+	ticked := make(chan struct{})
+	go func() { defer close(ticked); _ = e.tick() }()
+	<-g.arrived // the tick's login is upstream
+	if err := e.storage.Storage.Delete(context.Background(), accountsPrefix+"doomed"); err != nil {
+		t.Fatal(err)
+	}
+	e.b.invalidate(context.Background(), accountsPrefix+"doomed")
+	g.open()
+	<-ticked
+	if r := e.storedAccount("doomed"); r != nil {
+		t.Fatalf("the login under way brought the deleted account back: state %s", r.State)
+	}
+}
+
+// TestRefusedWriteLeavesNoAccountInMemory: a config write to a new
+// name that is refused for its input (400) makes the account in memory
+// and never forgets it (it is never scheduled, so no tick looks at it):
+// a script writing bad configs under new names grows the mount's memory
+// without bound.
+func TestRefusedWriteLeavesNoAccountInMemory(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	for i := range 50 {
+		resp, err := e.request(logical.UpdateOperation, accountsPrefix+"n"+string(rune('a'+i%26))+string(rune('a'+i/26)),
+			map[string]interface{}{"base_url": e.url, "request_timeout": "600"})
+		if statusOf(resp, err) != 400 {
+			t.Fatalf("setup: resp=%v err=%v", resp, err)
+		}
+	}
+	for range 3 {
+		e.clock.Add(time.Minute)
+		_ = e.tick()
+	}
+	e.b.accountsMu.RLock()
+	n := len(e.b.accounts)
+	e.b.accountsMu.RUnlock()
+	if n != 0 {
+		t.Fatalf("%d accounts kept in memory for names whose every write was refused", n)
+	}
+}
+
+// TestStandbyWritesNothingForNamedAccounts (a check that held, kept
+// as evidence): a performance standby that learns of named accounts by
+// Invalidate, lists, reads and ticks them, through expiry, never writes.
+func TestStandbyWritesNothingForNamedAccounts(t *testing.T) {
+	active := newTestEnv(t)
+	active.ownAccounts()
+	active.configureAccount("a", nil)
+	active.configureAccount("b", nil)
+	standby := newTestEnv(t, withReplicationState(consts.ReplicationPerformanceStandby))
+	standby.storage.Storage = active.storage.Storage
+	standby.b.now, standby.b.mono = active.clock.Now, active.clock.Mono
+	for _, n := range []string{"a", "b", "gone"} {
+		standby.b.invalidate(context.Background(), accountsPrefix+n)
+	}
+	puts := active.storage.puts.Load()
+	for range 70 {
+		_ = standby.tick()
+		_, _ = standby.request(logical.ListOperation, "accounts/", nil)
+		_, _ = standby.request(logical.ReadOperation, "token/a", nil)
+		_, _ = standby.request(logical.ReadOperation, "status/b", nil)
+		_, _ = standby.request(logical.ReadOperation, "metrics", nil)
+		active.clock.Add(time.Minute)
+	}
+	if n := standby.storage.puts.Load(); n != 0 {
+		t.Errorf("the standby wrote %d times", n)
+	}
+	if active.storage.puts.Load() != puts || active.fake.Stats().RefreshCalls != 0 {
+		t.Errorf("the standby called or wrote: %+v", active.fake.Stats())
 	}
 }

@@ -9,7 +9,7 @@ package teletracker
 // setNeed sets a's share of what the process needs, from r. Under refreshMu.
 func (a *account) setNeed(r *record) {
 	need := 0.0
-	if r.configured() && !r.needsReauth() {
+	if r.configured() && !r.needsReauth() && a.m.life.Err() == nil { // a mount Clean ended needs none
 		if tl := r.timeline(); tl.held {
 			next := tl.replaceFrom
 			if !tl.renewFrom.IsZero() {

@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -71,5 +72,24 @@ func TestNewFactoryRefusesBadCallsPerSecond(t *testing.T) {
 		if _, err := NewFactory(v)(context.Background(), conf); err != nil {
 			t.Errorf("NewFactory(%v): %v", v, err)
 		}
+	}
+}
+
+// TestCleanedMountAddsNoNeed: Clean takes each account's need out of
+// the process's (shared with every other mount), but a request that
+// reaches the mount after Clean publishes its record again and adds its
+// need back, for good: the process's calls_per_second_needed stays
+// inflated by a mount that is gone, toward a false "over budget".
+func TestCleanedMountAddsNoNeed(t *testing.T) {
+	e := newTestEnv(t)
+	e.configure(nil)
+	e.clock.Add(time.Minute)
+	e.b.clean(context.Background())
+	if needed, _ := e.b.proc.capacity(); needed != 0 {
+		t.Fatalf("setup: %v needed after Clean", needed)
+	}
+	_, _ = e.request(logical.UpdateOperation, "rotate", nil) // a request still routed to the old mount
+	if needed, _ := e.b.proc.capacity(); needed != 0 {
+		t.Errorf("the process needs %v calls a second for a mount that was cleaned", needed)
 	}
 }

@@ -140,6 +140,10 @@ type mountGauges struct {
 	named          map[string]*record
 	now            time.Time
 	needed, budget float64
+	// defUnreadable says the default account's record could not be read,
+	// and unreadable names the named accounts' that could not: degraded.
+	defUnreadable bool
+	unreadable    []string
 }
 
 func (g mountGauges) Describe(ch chan<- *prometheus.Desc) {
@@ -148,9 +152,12 @@ func (g mountGauges) Describe(ch chan<- *prometheus.Desc) {
 
 func (g mountGauges) Collect(ch chan<- prometheus.Metric) {
 	state, r := stateUnconfigured, g.def
-	if r.configured() {
+	switch {
+	case g.defUnreadable:
+		state, r = stateDegraded, &record{}
+	case r.configured():
 		state = r.health(g.now)
-	} else {
+	default:
 		r = &record{}
 	}
 	for _, s := range []string{stateUnconfigured, stateHealthy, stateDegraded, stateReauthRequired} {
@@ -178,6 +185,10 @@ func (g mountGauges) Collect(ch chan<- prometheus.Metric) {
 		if tl := r.timeline(); tl.held {
 			ch <- prometheus.MustNewConstMetric(accountExpiresDesc, prometheus.GaugeValue, tl.expires.Sub(g.now).Seconds(), name)
 		}
+	}
+	for _, name := range g.unreadable {
+		counts[stateDegraded]++
+		ch <- prometheus.MustNewConstMetric(accountStateDesc, prometheus.GaugeValue, 1, name, stateDegraded)
 	}
 	for _, s := range accountStates {
 		ch <- prometheus.MustNewConstMetric(accountsDesc, prometheus.GaugeValue, counts[s], s)

@@ -2,6 +2,7 @@ package teletracker
 
 import (
 	"bytes"
+	"context"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -298,5 +299,60 @@ func TestAlertRunbooks(t *testing.T) {
 		if !anchors[urls[i][1]] {
 			t.Errorf("%s's runbook_url leads to #%s, which is no heading of README.md", n[1], urls[i][1])
 		}
+	}
+}
+
+// TestMetricsCountAccountWhoseEntryCannotBeRead: an account whose
+// entry storage cannot give back is degraded by status (nothing can be
+// refreshed), but the metrics leave it out: not counted by state, no
+// series of its own, so the alert that names accounts needing attention
+// never fires for it.
+func TestMetricsCountAccountWhoseEntryCannotBeRead(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configureAccount("broken", nil)
+	e.configureAccount("fine", nil)
+	s := keyFaults{Storage: e.storage, fail: func(key string) bool { return key == accountsPrefix+"broken" }}
+	e.b.invalidate(context.Background(), accountsPrefix+"broken")
+	e.clock.Add(51 * time.Minute)
+	_ = e.b.periodicFunc(context.Background(), &logical.Request{Storage: s})
+	st := e.mustRequest(logical.ReadOperation, "status/broken", nil).Data
+	if st["state"] != stateDegraded {
+		t.Fatalf("setup: status/broken %v", st)
+	}
+	f := e.scrape()
+	total := 0.0
+	for _, state := range accountStates {
+		total += value(t, f, "teletracker_accounts", "state="+state)
+	}
+	if total != 2 {
+		t.Errorf("teletracker_accounts counts %v accounts of 2", total)
+	}
+	found := false
+	for _, m := range f["teletracker_account_state"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "account" && l.GetValue() == "broken" {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no teletracker_account_state series for broken, which status says is %v (%v)", st["state"], st["last_error"])
+	}
+}
+
+// TestMetricsSurviveDefaultAccountsStorageFailure: on a mount that
+// uses named accounts alone, the default account has no snapshot, so each
+// scrape reads its entry from storage; when that read fails, the whole
+// scrape fails, and with it every named account's series and the fleet's
+// counts: one account's storage failure fails the others' reads.
+func TestMetricsSurviveDefaultAccountsStorageFailure(t *testing.T) {
+	e := newTestEnv(t)
+	e.ownAccounts()
+	e.configureAccount("fine", nil)
+	s := keyFaults{Storage: e.storage, fail: func(key string) bool { return key == recordKey }}
+	resp, err := e.handle(s, logical.ReadOperation, "metrics", nil)
+	if err != nil || resp.IsError() {
+		t.Fatalf("metrics with the (unused) default account's entry unreadable: resp=%v err=%v", resp, err)
 	}
 }

@@ -234,7 +234,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	asked := b.now()
 	t := trigger{kind: triggerTune}
-	_, err = a.apply(ctx, req.Storage, t, func(prev *record) (*record, trigger, error) {
+	r, err := a.apply(ctx, req.Storage, t, func(prev *record) (*record, trigger, error) {
 		next, credential, err := parseConfigWrite(prev, d)
 		if credential {
 			t = trigger{kind: triggerCredential, at: asked}
@@ -242,6 +242,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return next, t, err
 	})
 	if !succeeded(err) {
+		if !r.configured() {
+			b.sched.set(a, b.now()) // a name refused its first write: a tick forgets it once its waits are over
+		}
 		return respond(t.kind, err, b.now())
 	}
 	a.log().Info("config written", "credential", t.kind == triggerCredential)

@@ -35,11 +35,11 @@ func pathMetrics(b *backend) *framework.Path {
 // pathMetricsRead answers with the raw text exposition, for Prometheus to
 // scrape at /v1/<mount>/metrics with a Vault token.
 func (b *backend) pathMetricsRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	// An account whose record storage cannot read is degraded, as status
+	// says; it fails no other's gauges.
 	def, err := b.def().peekRecord(ctx, req.Storage)
-	if err != nil {
-		return nil, err
-	}
-	g := mountGauges{def: def, named: b.namedRecords(), now: b.now()}
+	g := mountGauges{def: def, defUnreadable: err != nil || b.def().loadFailed.Load() != nil, now: b.now()}
+	g.named, g.unreadable = b.namedRecords(ctx, req.Storage)
 	g.needed, g.budget = b.proc.capacity()
 	body, contentType, err := b.metrics.expose(g)
 	if err != nil {
