@@ -618,14 +618,11 @@ func TestCleanStoresHeldRecordsApart(t *testing.T) {
 	}
 }
 
-// TestRecreateRacingForgetKeepsOneAccount: account x was deleted and
-// its waits are over, so a tick forgets it. A config write that recreates
-// x and got x's in-memory account before the tick's forget (it waits on
-// x's lock while the tick reads x's entry) goes on with the forgotten
-// account: it logs in and stores x under a lock no one else takes. The
-// next request makes a second account for x, with a lock of its own, and
-// both are scheduled: on the tick they fall due together and both send the
-// one refresh token.
+// TestRecreateRacingForgetKeepsOneAccount: account x was deleted and its
+// waits are over, so a tick forgets it, while a config write that
+// recreates x got x's old account object and waits on its lock. The write
+// hands itself to x's account now: the mount holds one account for x, with
+// one lock, and x's refresh token is sent once when it falls due.
 func TestRecreateRacingForgetKeepsOneAccount(t *testing.T) {
 	e := newTestEnv(t)
 	e.ownAccounts()
@@ -703,10 +700,9 @@ func (s *barrierGets) Get(ctx context.Context, key string) (*logical.StorageEntr
 }
 
 // TestDeleteByAnotherNodeDuringLoginStands: as
-// TestDeleteByAnotherNodeDuringRefreshStands, but the call under way is a
-// login (the session was lost, a password is stored): a login stores no
-// marker, so nothing looks at storage before its result is stored, and
-// the deleted account comes back with a new session.
+// TestDeleteByAnotherNodeDuringRefreshStands, for a login under way (the
+// session was lost, a password is stored): its marker is looked at before
+// its result is stored, and the deleted account stays deleted.
 func TestDeleteByAnotherNodeDuringLoginStands(t *testing.T) {
 	e := newTestEnv(t)
 	e.ownAccounts()
@@ -734,11 +730,10 @@ func TestDeleteByAnotherNodeDuringLoginStands(t *testing.T) {
 	}
 }
 
-// TestRefusedWriteLeavesNoAccountInMemory: a config write to a new
-// name that is refused for its input (400) makes the account in memory
-// and never forgets it (it is never scheduled, so no tick looks at it):
-// a script writing bad configs under new names grows the mount's memory
-// without bound.
+// TestRefusedWriteLeavesNoAccountInMemory: a config write to a new name
+// that is refused for its input (400) leaves no account in memory once the
+// ticks have looked at it, so bad configs under new names do not grow the
+// mount's memory.
 func TestRefusedWriteLeavesNoAccountInMemory(t *testing.T) {
 	e := newTestEnv(t)
 	e.ownAccounts()

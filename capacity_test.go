@@ -75,11 +75,9 @@ func TestNewFactoryRefusesBadCallsPerSecond(t *testing.T) {
 	}
 }
 
-// TestCleanedMountAddsNoNeed: Clean takes each account's need out of
-// the process's (shared with every other mount), but a request that
-// reaches the mount after Clean publishes its record again and adds its
-// need back, for good: the process's calls_per_second_needed stays
-// inflated by a mount that is gone, toward a false "over budget".
+// TestCleanedMountAddsNoNeed: a request that reaches a mount after Clean
+// publishes its record again but adds no need to the process's (shared
+// with every other mount), which Clean took the mount's out of.
 func TestCleanedMountAddsNoNeed(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(nil)

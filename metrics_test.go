@@ -302,11 +302,9 @@ func TestAlertRunbooks(t *testing.T) {
 	}
 }
 
-// TestMetricsCountAccountWhoseEntryCannotBeRead: an account whose
-// entry storage cannot give back is degraded by status (nothing can be
-// refreshed), but the metrics leave it out: not counted by state, no
-// series of its own, so the alert that names accounts needing attention
-// never fires for it.
+// TestMetricsCountAccountWhoseEntryCannotBeRead: an account whose entry
+// storage cannot give back is degraded, in the metrics as in status:
+// counted by state, with a series of its own for its alert.
 func TestMetricsCountAccountWhoseEntryCannotBeRead(t *testing.T) {
 	e := newTestEnv(t)
 	e.ownAccounts()
@@ -341,11 +339,10 @@ func TestMetricsCountAccountWhoseEntryCannotBeRead(t *testing.T) {
 	}
 }
 
-// TestMetricsSurviveDefaultAccountsStorageFailure: on a mount that
-// uses named accounts alone, the default account has no snapshot, so each
-// scrape reads its entry from storage; when that read fails, the whole
-// scrape fails, and with it every named account's series and the fleet's
-// counts: one account's storage failure fails the others' reads.
+// TestMetricsSurviveDefaultAccountsStorageFailure: on a mount that uses
+// named accounts alone, a scrape reads the default account's entry from
+// storage; when that read fails, the scrape still answers, with the named
+// accounts' series and counts.
 func TestMetricsSurviveDefaultAccountsStorageFailure(t *testing.T) {
 	e := newTestEnv(t)
 	e.ownAccounts()
