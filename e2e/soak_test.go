@@ -17,6 +17,7 @@ import (
 // bound, and the session is alive at the end. With a realistic lifetime no
 // read fails at all; with 30 s tokens a read may fail only once no token
 // is served (a failed refresh backs off 30 s, longer than such a token has).
+// The readers read testAccount's token.
 func TestSoak(t *testing.T) {
 	t.Parallel() // a long test: it runs beside the other long ones
 	duration := soakSetting(t, "SOAK_DURATION", 60*time.Second)
@@ -25,7 +26,7 @@ func TestSoak(t *testing.T) {
 	c := env.dev.client
 	f := startFake(t, "-token-lifetime", lifetime.String())
 	enableMount(t, c, "tt-soak")
-	configure(t, c, "tt-soak", f, map[string]interface{}{"request_timeout": "1s"})
+	configureAccount(t, c, "tt-soak", testAccount, f, map[string]interface{}{"request_timeout": "1s"})
 	f.admin(t, http.MethodPost, "/_fake/fault-rate", map[string]interface{}{
 		"rate": 0.1,
 		"faults": []map[string]interface{}{
@@ -60,7 +61,7 @@ func TestSoak(t *testing.T) {
 					return
 				case <-time.After(100 * time.Millisecond):
 				}
-				s, err := c.Logical().Read("tt-soak/token")
+				s, err := c.Logical().Read(accountPath("tt-soak", "token", testAccount))
 				now := time.Now()
 				if err != nil || s == nil {
 					mu.Lock()
@@ -132,10 +133,10 @@ func TestSoak(t *testing.T) {
 		t.Errorf("the soak did not exercise rotations: %d reads, %d tokens", ok, len(tokens))
 	}
 	f.admin(t, http.MethodPost, "/_fake/fault-rate", map[string]interface{}{"rate": 0}, nil)
-	if s, err := c.Logical().Read("tt-soak/status"); err != nil || s.Data["state"] == "reauth_required" {
+	if s, err := c.Logical().Read(accountPath("tt-soak", "status", testAccount)); err != nil || s.Data["state"] == "reauth_required" {
 		t.Errorf("the session was lost: %v %v", s, err)
 	}
-	if tok := readToken(t, c, "tt-soak")["token"].(string); !f.live(t, tok) {
+	if tok := readAccountToken(t, c, "tt-soak", testAccount)["token"].(string); !f.live(t, tok) {
 		t.Error("the last token served is not accepted")
 	}
 }
