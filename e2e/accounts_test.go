@@ -22,6 +22,7 @@ import (
 // read, rotated and deleted; bad names are a 400 and unknown ones a 404 on
 // every path; the default account is untouched throughout.
 func TestNamedAccounts(t *testing.T) {
+	defaultAccountOnly(t, "it names its accounts itself, beside the default one")
 	t.Parallel() // it waits out the floor after the config writes
 	c := env.dev.client
 	const mount = "tt-accounts"
@@ -179,6 +180,7 @@ func TestNamedAccounts(t *testing.T) {
 // app, logged in through userpass, reads its own account's token and is
 // denied the other's; an entity without the metadata gets neither.
 func TestAccountPolicyTemplating(t *testing.T) {
+	defaultAccountOnly(t, "it names its accounts itself")
 	c := env.dev.client
 	f := startFake(t)
 	enableMount(t, c, "teletracker") // the mount the example names

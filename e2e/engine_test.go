@@ -18,6 +18,7 @@ import (
 // TestRegisterConfigureRead: the plugin is registered with its checksum and
 // version, mounts, configures, and serves a token the fake accepts.
 func TestRegisterConfigureRead(t *testing.T) {
+	defaultAccountOnly(t, "the catalog entry, the mount and its paths' help belong to the mount, not to an account")
 	c := env.dev.client
 	entry, err := c.Logical().ReadWithData("sys/plugins/catalog/secret/"+pluginName, map[string][]string{"version": {env.version}})
 	if err != nil || entry == nil {
@@ -63,6 +64,7 @@ func TestRegisterConfigureRead(t *testing.T) {
 // TestAppPolicy: a token with only the example app policy reads the token
 // and nothing else.
 func TestAppPolicy(t *testing.T) {
+	defaultAccountOnly(t, "the example app policy grants teletracker/token alone; TestAccountPolicyTemplating is the named accounts' policy")
 	c := env.dev.client
 	f := startFake(t)
 	enableMount(t, c, "teletracker")
@@ -108,6 +110,7 @@ func TestAppPolicy(t *testing.T) {
 // TestAuditLogHidesSecrets: with a file audit device, neither the bearer
 // token nor the credentials appear in clear in the audit log.
 func TestAuditLogHidesSecrets(t *testing.T) {
+	defaultAccountOnly(t, "not a failure seam: the audit device hashes every path's responses alike")
 	c := env.dev.client
 	f := startFake(t)
 	auditFile := filepath.Join(t.TempDir(), "audit.log")
@@ -145,6 +148,7 @@ func TestAuditLogHidesSecrets(t *testing.T) {
 
 // TestTwoMounts: two mounts of the plugin hold independent sessions.
 func TestTwoMounts(t *testing.T) {
+	defaultAccountOnly(t, "two mounts' default accounts; accounts beside each other in one mount are TestNamedAccounts'")
 	t.Parallel() // it waits out the floor after the config write
 	c := env.dev.client
 	fa, fb := startFake(t), startFake(t)
@@ -176,11 +180,11 @@ func TestAgentRendersRotations(t *testing.T) {
 	c := env.dev.client
 	f := startFake(t, "-token-lifetime", "24s") // margin is half: a new token every 12 s
 	enableMount(t, c, "teletracker-agent")
-	configure(t, c, "teletracker-agent", f, nil)
+	configureAccount(t, c, "teletracker-agent", testAccount, f, nil)
 	a := startAgent(t, "teletracker-agent")
 	for rotation := 0; rotation < 2; rotation++ {
 		first := a.rendered()
-		d := readToken(t, c, "teletracker-agent")
+		d := readAccountToken(t, c, "teletracker-agent", testAccount)
 		secs := time.Duration(jsonInt(t, d["ttl"])) * time.Second
 		limit := secs + 5*time.Second
 		start := time.Now()
@@ -210,11 +214,11 @@ func TestAgentAfterForcedRotation(t *testing.T) {
 	c := env.dev.client
 	f := startFake(t, "-token-lifetime", "2m") // ttl 1 m: far beyond this test
 	enableMount(t, c, "teletracker-forced")
-	configure(t, c, "teletracker-forced", f, nil)
+	configureAccount(t, c, "teletracker-forced", testAccount, f, nil)
 	a := startAgent(t, "teletracker-forced")
 	old := a.rendered()
-	rotate(t, c, "teletracker-forced")
-	fresh := readToken(t, c, "teletracker-forced")["token"].(string)
+	rotateAccount(t, c, "teletracker-forced", testAccount)
+	fresh := readAccountToken(t, c, "teletracker-forced", testAccount)["token"].(string)
 	if fresh == old || !f.live(t, old) || !f.live(t, fresh) {
 		t.Fatal("after the rotate the old token and the new one are not both live and different")
 	}
@@ -244,7 +248,8 @@ type agent struct {
 }
 
 // startAgent runs Vault Agent with examples/agent.hcl and its template,
-// pointed at mount, and waits for its first rendering.
+// pointed at mount's token of testAccount, and waits for its first
+// rendering.
 func startAgent(t *testing.T, mount string) *agent {
 	t.Helper()
 	a := &agent{dir: t.TempDir(), out: &lockedBuffer{}}
@@ -253,8 +258,9 @@ func startAgent(t *testing.T, mount string) *agent {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// The examples use the conventional mount; a test has its own.
-		b = []byte(strings.ReplaceAll(string(b), `"teletracker/token"`, `"`+mount+`/token"`))
+		// The examples read the conventional mount's default account; a
+		// test has its own mount, and the named run its account.
+		b = []byte(strings.ReplaceAll(string(b), `"teletracker/token"`, `"`+accountPath(mount, "token", testAccount)+`"`))
 		if err := os.WriteFile(filepath.Join(a.dir, name), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -334,26 +340,26 @@ func TestRestartKeepsSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	enableMount(t, v.client, "teletracker")
-	configure(t, v.client, "teletracker", f, nil)
-	rotate(t, v.client, "teletracker")
-	before := readToken(t, v.client, "teletracker")["token"].(string)
+	configureAccount(t, v.client, "teletracker", testAccount, f, nil)
+	rotateAccount(t, v.client, "teletracker", testAccount)
+	before := readAccountToken(t, v.client, "teletracker", testAccount)["token"].(string)
 
 	v.kill()
 	v = start()
 	unseal()
-	after := readToken(t, v.client, "teletracker")["token"].(string)
+	after := readAccountToken(t, v.client, "teletracker", testAccount)["token"].(string)
 	if after != before || !f.live(t, after) {
 		t.Fatal("after the restart the engine does not serve its live token")
 	}
 	// The stored refresh token still works: rotate once more (the 10 s
 	// floor since the last refresh has passed by now, or we wait for it).
 	if err := waitFor(15*time.Second, func() error {
-		_, err := v.client.Logical().Write("teletracker/rotate", nil)
+		_, err := v.client.Logical().Write(accountPath("teletracker", "rotate", testAccount), nil)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if tok := readToken(t, v.client, "teletracker")["token"].(string); tok == after || !f.live(t, tok) {
+	if tok := readAccountToken(t, v.client, "teletracker", testAccount)["token"].(string); tok == after || !f.live(t, tok) {
 		t.Fatal("rotate after the restart did not give a new live token")
 	}
 	st := f.stats(t)
@@ -376,11 +382,11 @@ func TestRetryAfterReachesClients(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = c.Sys().Unmount("tt-retry-after") })
 	enableMount(t, c, "tt-no-retry-after")
-	configure(t, c, "tt-retry-after", f, nil)
-	configure(t, c, "tt-no-retry-after", f, nil)
+	configureAccount(t, c, "tt-retry-after", testAccount, f, nil)
+	configureAccount(t, c, "tt-no-retry-after", testAccount, f, nil)
 
 	rotate := func(mount string) (int, string) {
-		req, _ := http.NewRequest(http.MethodPut, env.dev.addr+"/v1/"+mount+"/rotate", nil)
+		req, _ := http.NewRequest(http.MethodPut, env.dev.addr+"/v1/"+accountPath(mount, "rotate", testAccount), nil)
 		req.Header.Set("X-Vault-Token", rootToken)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -396,7 +402,7 @@ func TestRetryAfterReachesClients(t *testing.T) {
 	if status, header := rotate("tt-no-retry-after"); status != http.StatusTooManyRequests || header != "" {
 		t.Fatalf("rotate inside the floor, header not allowed: %d, Retry-After %q; want 429 and none", status, header)
 	}
-	cli := exec.Command(env.vaultBin, "write", "-f", "tt-retry-after/rotate")
+	cli := exec.Command(env.vaultBin, "write", "-f", accountPath("tt-retry-after", "rotate", testAccount))
 	cli.Env = append(cleanEnv(), "HOME="+t.TempDir(), "VAULT_ADDR="+env.dev.addr, "VAULT_TOKEN="+rootToken,
 		"VAULT_MAX_RETRIES=1") // the CLI retries nothing by default
 	if out, err := cli.CombinedOutput(); err != nil {
@@ -407,6 +413,7 @@ func TestRetryAfterReachesClients(t *testing.T) {
 // TestMergedOpenAPIHasBodies: in Vault's merged OpenAPI document, the
 // engine's request and response bodies have their schemas.
 func TestMergedOpenAPIHasBodies(t *testing.T) {
+	defaultAccountOnly(t, "the merged OpenAPI document describes the mount's paths, whatever accounts it holds")
 	c := env.dev.client
 	enableMount(t, c, "tt-openapi")
 	req, _ := http.NewRequest(http.MethodGet, env.dev.addr+"/v1/sys/internal/specs/openapi", nil)

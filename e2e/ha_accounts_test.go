@@ -35,6 +35,7 @@ const (
 // reauth_required, and each holds every refresh the fake answered; only
 // the active node ever called Teletracker.
 func TestHAAccounts(t *testing.T) {
+	defaultAccountOnly(t, "it names its 100 accounts itself")
 	t.Parallel() // a long test: it runs beside the other long ones
 	began := time.Now()
 	f := startFake(t, "-token-lifetime", haAccountLifetime.String())

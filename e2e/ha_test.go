@@ -41,7 +41,7 @@ const (
 // After each failover reads through every surviving node succeed again
 // within seconds and serve the live token, no refresh token is ever re-used,
 // no login is needed beyond the config write's, and only the active node
-// ever calls Teletracker.
+// ever calls Teletracker. All of it for testAccount.
 func TestHAFailover(t *testing.T) {
 	t.Parallel() // a long test: it runs beside the other long ones
 	began := time.Now()
@@ -52,11 +52,11 @@ func TestHAFailover(t *testing.T) {
 	first := cl.waitActive(t, time.Time{}, electLimit)
 	c := first.client
 	enableEngine(t, c)
-	configure(t, c, haMount, f, nil)
+	configureAccount(t, c, haMount, testAccount, f, nil)
 	cl.probeAll(t, f, "")
 	t.Logf("engine configured through %s, token served by all nodes", first.id)
 
-	load := startHALoad(t, cl, []string{haMount + "/token"}, true)
+	load := startHALoad(t, cl, []string{accountPath(haMount, "token", testAccount)}, true)
 	t.Cleanup(load.stopAll)
 
 	// Steady state, with rotations forced throughout. Step down when the
@@ -152,11 +152,11 @@ func enableEngine(t *testing.T, c *api.Client) {
 	}
 }
 
-// probeAll reads the default account's token through every live node
-// until all succeed, and returns it, as probe does.
+// probeAll reads testAccount's token through every live node until all
+// succeed, and returns it, as probe does.
 func (cl *raftCluster) probeAll(t *testing.T, f *fake, want string) string {
 	t.Helper()
-	return cl.probe(t, f, haMount+"/token", want)
+	return cl.probe(t, f, accountPath(haMount, "token", testAccount), want)
 }
 
 // probe reads the token at path through every live node until all
@@ -196,7 +196,7 @@ func (cl *raftCluster) probe(t *testing.T, f *fake, path, want string) string {
 	return token
 }
 
-// rotate forces a rotation through nd until one is allowed (429 means the
+// rotate forces a rotation of testAccount through nd until one is allowed (429 means the
 // engine's floor, so try again), within limit. It returns when it succeeded.
 func (cl *raftCluster) rotate(t *testing.T, nd *clusterNode, limit time.Duration) time.Time {
 	t.Helper()
@@ -213,22 +213,22 @@ func (cl *raftCluster) rotate(t *testing.T, nd *clusterNode, limit time.Duration
 	}
 }
 
-// rotateOnce forces one rotation through c. An answer without data is a
+// rotateOnce forces one rotation of testAccount through c. An answer without data is a
 // failure: it is a standby's redirect to the active node, not a rotation.
 func rotateOnce(c *api.Client) error {
-	s, err := c.Logical().Write(haMount+"/rotate", nil)
+	s, err := c.Logical().Write(accountPath(haMount, "rotate", testAccount), nil)
 	if err == nil && (s == nil || s.Data["expires_at"] == nil) {
 		err = errors.New("rotate: no data in the answer (a redirect to the active node?)")
 	}
 	return err
 }
 
-// checkSession checks, through the active node, that the engine is healthy
+// checkSession checks, through the active node, that testAccount is healthy
 // and holds the outcome of every refresh the fake answered: nothing is in
 // flight and no result was lost in a failover.
 func (cl *raftCluster) checkSession(t *testing.T, f *fake, active *clusterNode) {
 	t.Helper()
-	s, err := active.client.Logical().Read(haMount + "/status")
+	s, err := active.client.Logical().Read(accountPath(haMount, "status", testAccount))
 	if err != nil || s == nil {
 		t.Fatalf("status through %s: %v", active.id, err)
 	}
@@ -285,8 +285,8 @@ type haLoad struct {
 }
 
 // startHALoad starts haReadersPerNode readers on every node, reading the
-// tokens at paths in turn, the rotator of the default account when rotate
-// is set, and the leader poller, each with clients of its own.
+// tokens at paths in turn, the rotator of testAccount when rotate is set,
+// and the leader poller, each with clients of its own.
 func startHALoad(t *testing.T, cl *raftCluster, paths []string, rotate bool) *haLoad {
 	t.Helper()
 	l := &haLoad{
@@ -718,6 +718,7 @@ func haOverlaps(act []haPeriod, from, to time.Time) bool {
 // plugin write them, judges a call by the plugin's own time, and catches a
 // call made while standby.
 func TestHALogCheck(t *testing.T) {
+	defaultAccountOnly(t, "the log reading alone, without Vault or an account")
 	const log = `==> Vault server started! Log data will stream in below:
 2026-01-02T10:00:00.000Z [INFO]  core: post-unseal setup complete
 2026-01-02T10:00:00.100Z [INFO]  core: pre-seal teardown complete

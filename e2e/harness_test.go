@@ -49,6 +49,21 @@ var env struct {
 	repoRoot  string // the repository, for examples/
 }
 
+// testAccount is the account the tests of the failure seams (restart,
+// Retry-After, Vault Agent, HA failover, soak) run against:
+// TELETRACKER_E2E_ACCOUNT, the default account when it is empty. make e2e
+// runs the suite for both; a test that has nothing to prove for a named
+// account skips in the named run (defaultAccountOnly).
+var testAccount = os.Getenv("TELETRACKER_E2E_ACCOUNT")
+
+// defaultAccountOnly skips t in the named run, saying why.
+func defaultAccountOnly(t *testing.T, why string) {
+	t.Helper()
+	if testAccount != "" {
+		t.Skipf("not run for a named account (TELETRACKER_E2E_ACCOUNT=%s): %s", testAccount, why)
+	}
+}
+
 func TestMain(m *testing.M) {
 	code := func() int {
 		if err := setup(); err != nil {

@@ -21,6 +21,7 @@ import (
 // the named account by name, and every series the alert rules read is
 // there.
 func TestMetricsScrape(t *testing.T) {
+	defaultAccountOnly(t, "it scrapes a named account (fleet-7) beside the default one in every run")
 	t.Parallel()
 	c := env.dev.client
 	f := startFake(t)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"sort"
@@ -17,6 +18,7 @@ import (
 // bound, and the session is alive at the end. With a realistic lifetime no
 // read fails at all; with 30 s tokens a read may fail only once no token
 // is served (a failed refresh backs off 30 s, longer than such a token has).
+// The readers read testAccount's token.
 func TestSoak(t *testing.T) {
 	t.Parallel() // a long test: it runs beside the other long ones
 	duration := soakSetting(t, "SOAK_DURATION", 60*time.Second)
@@ -25,7 +27,7 @@ func TestSoak(t *testing.T) {
 	c := env.dev.client
 	f := startFake(t, "-token-lifetime", lifetime.String())
 	enableMount(t, c, "tt-soak")
-	configure(t, c, "tt-soak", f, map[string]interface{}{"request_timeout": "1s"})
+	configureAccount(t, c, "tt-soak", testAccount, f, map[string]interface{}{"request_timeout": "1s"})
 	f.admin(t, http.MethodPost, "/_fake/fault-rate", map[string]interface{}{
 		"rate": 0.1,
 		"faults": []map[string]interface{}{
@@ -60,7 +62,7 @@ func TestSoak(t *testing.T) {
 					return
 				case <-time.After(100 * time.Millisecond):
 				}
-				s, err := c.Logical().Read("tt-soak/token")
+				s, err := c.Logical().Read(accountPath("tt-soak", "token", testAccount))
 				now := time.Now()
 				if err != nil || s == nil {
 					mu.Lock()
@@ -131,11 +133,29 @@ func TestSoak(t *testing.T) {
 	if ok == 0 || len(tokens) < 2 {
 		t.Errorf("the soak did not exercise rotations: %d reads, %d tokens", ok, len(tokens))
 	}
+	// The faults ended, the session serves a live token again: at once, or
+	// at its next attempt when the soak's last refresh failed (with 30 s
+	// tokens the backoff can outlast the token, and reads fail until then).
 	f.admin(t, http.MethodPost, "/_fake/fault-rate", map[string]interface{}{"rate": 0}, nil)
-	if s, err := c.Logical().Read("tt-soak/status"); err != nil || s.Data["state"] == "reauth_required" {
-		t.Errorf("the session was lost: %v %v", s, err)
+	s, err := c.Logical().Read(accountPath("tt-soak", "status", testAccount))
+	if err != nil || s == nil || s.Data["state"] == "reauth_required" {
+		t.Fatalf("the session was lost: %v %v", s, err)
 	}
-	if tok := readToken(t, c, "tt-soak")["token"].(string); !f.live(t, tok) {
+	limit := 10 * time.Second
+	if next, err := time.Parse(time.RFC3339, fmt.Sprint(s.Data["next_attempt_at"])); err == nil {
+		limit += time.Until(next)
+	}
+	var tok string
+	if err := waitFor(limit, func() error {
+		s, err := c.Logical().Read(accountPath("tt-soak", "token", testAccount))
+		if err == nil && s != nil {
+			tok, _ = s.Data["token"].(string)
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("no token served within %v of the faults' end (status %v): %v", limit, s.Data, err)
+	}
+	if !f.live(t, tok) {
 		t.Error("the last token served is not accepted")
 	}
 }
