@@ -44,8 +44,8 @@ type account struct {
 
 	// refreshMu is the account's refresh lock: every call, every write.
 	refreshMu sync.Mutex
-	// lastCall is when this process last called Teletracker for the
-	// account, on mono; guarded by refreshMu.
+	// lastCall is when this process's last call to Teletracker for the
+	// account began, then ended, on mono; guarded by refreshMu.
 	lastCall time.Time
 	// held is a record storage refused, until stored; written under refreshMu.
 	held atomic.Pointer[record]

@@ -1298,3 +1298,24 @@ func TestLoginLeavesATraceBeforeItIsSent(t *testing.T) {
 		t.Fatalf("%d logins within %s of each other, by two nodes: want 1 (the floor is %s)", n, time.Second, minCallInterval)
 	}
 }
+
+// The floor runs from a call's answer: after a rotate whose answer took
+// 5 s, another 6 s later waits, so that Teletracker sees the calls 10 s
+// apart however long the first took to arrive.
+func TestFloorRunsFromTheAnswer(t *testing.T) {
+	e := newTestEnv(t)
+	g := newGate(t, e)
+	e.configure(map[string]interface{}{"base_url": g.url})
+	e.clock.Add(time.Minute)
+	g.close()
+	done := make(chan struct{})
+	go func() { defer close(done); _, _ = e.request(logical.UpdateOperation, e.path("rotate"), nil) }()
+	<-g.arrived
+	e.clock.Add(5 * time.Second) // the answer takes 5 s
+	g.open()
+	<-done
+	e.clock.Add(6 * time.Second)
+	if resp, err := e.request(logical.UpdateOperation, e.path("rotate"), nil); statusOf(resp, err) != http.StatusTooManyRequests {
+		t.Fatalf("a rotate 6 s after the last answer (11 s after its call began): %v %v, want 429", resp, err)
+	}
+}
