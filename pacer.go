@@ -31,6 +31,9 @@ type pacer struct {
 	// finish is when each mount's last turn ended in virtual time, while
 	// that is still ahead of vtime (it bounds its next tag).
 	finish map[uint64]float64
+	// arrived counts the calls enqueued: of equal deadlines, the first
+	// come goes first.
+	arrived uint64
 }
 
 // flow is one mount's waiting calls.
@@ -47,6 +50,8 @@ type waiter struct {
 	flow *flow
 	// deadline is when the token of its account stops being served.
 	deadline time.Time
+	// seq is its place in the order the calls came in.
+	seq uint64
 	// wake cuts its sleep short, to look again; set while it sleeps.
 	wake context.CancelFunc
 	// index is its place in its flow's heap.
@@ -145,7 +150,8 @@ func (p *pacer) enqueue(mount uint64, deadline time.Time) *waiter {
 		f = &flow{mount: mount, tag: p.tagFor(mount)}
 		p.flows[mount] = f
 	}
-	w := &waiter{flow: f, deadline: deadline}
+	p.arrived++
+	w := &waiter{flow: f, deadline: deadline, seq: p.arrived}
 	heap.Push(&f.waiters, w)
 	return w
 }
@@ -186,11 +192,13 @@ func (p *pacer) wakeBest() {
 	}
 }
 
-// waiterHeap orders a flow's waiters by deadline.
+// waiterHeap orders a flow's waiters by deadline, then as they came.
 type waiterHeap []*waiter
 
-func (h waiterHeap) Len() int           { return len(h) }
-func (h waiterHeap) Less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
+func (h waiterHeap) Len() int { return len(h) }
+func (h waiterHeap) Less(i, j int) bool {
+	return h[i].deadline.Before(h[j].deadline) || h[i].deadline.Equal(h[j].deadline) && h[i].seq < h[j].seq
+}
 func (h waiterHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].index, h[j].index = i, j

@@ -185,3 +185,19 @@ func TestPacerEarliestDeadlineFirstWithinMount(t *testing.T) {
 		t.Fatalf("%d turns of %d", len(order), len(offsets))
 	}
 }
+
+// Of calls with the same deadline (new accounts have none yet), the first
+// come goes first: none waits behind every later one.
+func TestPacerEqualDeadlinesFirstComeFirst(t *testing.T) {
+	p := newPacer(1)
+	var ws []*waiter
+	for range 5 {
+		ws = append(ws, p.enqueue(1, time.Time{}))
+	}
+	for i, w := range ws {
+		if got := p.best(); got != w {
+			t.Fatalf("turn %d went to waiter %d, want the one that came %d", i, got.seq, w.seq)
+		}
+		p.dequeue(w)
+	}
+}
