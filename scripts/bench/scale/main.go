@@ -102,10 +102,18 @@ func (v *vault) do(ctx context.Context, method, path string, body any) ([]byte, 
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNoContent {
-		return nil, fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, bytes.TrimSpace(raw))
+		return nil, &statusError{status: resp.StatusCode, text: fmt.Sprintf("%s %s: %d %s", method, path, resp.StatusCode, bytes.TrimSpace(raw))}
 	}
 	return raw, nil
 }
+
+// statusError is an answer of Vault's other than 200 and 204.
+type statusError struct {
+	status int
+	text   string
+}
+
+func (e *statusError) Error() string { return e.text }
 
 // mountPath is the path of the i-th engine mount (from 1).
 func mountPath(prefix string, i int) string {

@@ -293,6 +293,9 @@ func herdTable(w io.Writer, h herdResult, what string) {
 	if h.CrossedTick {
 		crossed = ", crossing a tick"
 	}
+	if h.Refused > 0 {
+		crossed += fmt.Sprintf("; %d writes answered 429 and sent again, the slowest %.0f s", h.Refused, h.SlowestConfig)
+	}
 	var ev []string
 	for _, e := range h.Events {
 		ev = append(ev, fmt.Sprintf("+%.0f s, %d, %.0f ms", e.At, e.Calls, e.SpanMs))
