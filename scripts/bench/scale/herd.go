@@ -21,6 +21,12 @@ type herdResult struct {
 	ConfigSeconds float64 `json:"config_seconds"`
 	ConfigPeak    int64   `json:"config_peak_per_s"`
 	CrossedTick   bool    `json:"crossed_tick"`
+	// Refused counts the config writes answered 429 (their turn did not
+	// come within 45 s) and sent again a second later, as the README
+	// tells a script to; SlowestConfig is the longest one write took,
+	// its tries together, in seconds.
+	Refused       int     `json:"refused"`
+	SlowestConfig float64 `json:"slowest_config_s"`
 	// Seconds is the window watched after that.
 	Seconds float64 `json:"seconds"`
 	// What the fake saw in the window.
@@ -44,6 +50,11 @@ type herdResult struct {
 	Unhealthy    int   `json:"unhealthy"`
 	// Want is the rotations every mount was to make.
 	Want int64 `json:"want"`
+	// NeededMax is the most calls a second the plugin process said its
+	// accounts need (status: calls_per_second_needed), and Budget what its
+	// turns give, read with the rotations.
+	NeededMax float64 `json:"needed_max"`
+	Budget    float64 `json:"budget"`
 	// Events are the bursts of refresh calls, one per tick.
 	Events []herdEvent `json:"events"`
 	// Plugin is the plugin process at the end; PeakFDs and PeakRSS the most
@@ -60,10 +71,15 @@ type herdEvent struct {
 	SpanMs float64 `json:"span_ms"`
 }
 
+// maxConfigTries is how often the herd sends one config write answered 429.
+const maxConfigTries = 10
+
 // herd points mounts 1..n at the herd's fake at once, so that all of them
 // are configured together (as fast as the pacer lets them log in) with
 // tokens of the same lifetime and fall due together. It watches until every mount has rotated
 // -rotations times, or every token would have expired that many times over.
+// With -accounts-mount, the herd is the named accounts 1..n of that one
+// mount, created on the herd's fake the same way.
 //
 // The fake's token lifetime is about the shortest with which 1,000 mounts
 // can be served at 10 calls a second for good: with 8m the margin is half of
@@ -83,10 +99,12 @@ func herd(args []string) error {
 	lifetime := fs.Duration("lifetime", 8*time.Minute, "the herd's fake's token lifetime")
 	maxPerSecond := fs.Int64("max-per-second", 10, "the target: calls per second at most")
 	pluginPID := fs.Int("plugin-pid", 0, "the engine's plugin process serving the mounts")
+	accounts := fs.String("accounts-mount", "", "the herd is this mount's named accounts, -prefix their names' start")
 	out := fs.String("out", "", "write the result here as JSON")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	tg := herdTargets{prefix: *prefix, mount: *accounts}
 	tickZero, err := parseTickZero(*tickZeroFlag)
 	if err != nil {
 		return err
@@ -103,8 +121,23 @@ func herd(args []string) error {
 
 	stopPeaks := watchPeaks(*pluginPID, &res)
 	start := time.Now()
+	var mu sync.Mutex
 	err = forMounts(1, *n, *conc, func(i int) error {
-		return v.call(ctx, http.MethodPost, mountPath(*prefix, i)+"/config", map[string]any{"base_url": *fake, "password": "demo-password"}, nil)
+		t0 := time.Now()
+		for try := 1; ; try++ {
+			err := v.call(ctx, http.MethodPost, tg.config(i), tg.body(*fake), nil)
+			var se *statusError
+			if !errors.As(err, &se) || se.status != http.StatusTooManyRequests || try == maxConfigTries {
+				mu.Lock()
+				res.SlowestConfig = max(res.SlowestConfig, time.Since(t0).Seconds())
+				mu.Unlock()
+				return err
+			}
+			mu.Lock()
+			res.Refused++
+			mu.Unlock()
+			time.Sleep(time.Second)
+		}
 	})
 	if err != nil {
 		return err
@@ -112,7 +145,7 @@ func herd(args []string) error {
 	end := time.Now()
 	res.ConfigSeconds = end.Sub(start).Seconds()
 	res.CrossedTick = nextTick(tickZero, start).Before(end)
-	before, err := refreshCounts(ctx, v, *prefix, *n, *conc)
+	before, err := refreshCounts(ctx, v, tg, *n, *conc)
 	if err != nil {
 		return err
 	}
@@ -135,10 +168,11 @@ func herd(args []string) error {
 		}
 	}
 	for time.Now().Before(deadline) {
-		counts, err := refreshCounts(ctx, v, *prefix, *n, *conc)
+		counts, err := refreshCounts(ctx, v, tg, *n, *conc)
 		if err != nil {
 			return err
 		}
+		res.note(counts)
 		done := true
 		for i := range counts {
 			done = done && counts[i].count-before[i].count >= *rotations
@@ -153,10 +187,11 @@ func herd(args []string) error {
 	if _, err := readProc(*pluginPID, &res.Plugin); err != nil {
 		return err
 	}
-	stats1, after1, err := quietCounts(ctx, v, *fake, *prefix, *n, *conc)
+	stats1, after1, err := quietCounts(ctx, v, *fake, tg, *n, *conc)
 	if err != nil {
 		return err
 	}
+	res.note(after1)
 
 	res.RefreshCalls = stats1.RefreshCalls - stats0.RefreshCalls
 	res.Refreshes = stats1.Refreshes - stats0.Refreshes
@@ -193,7 +228,7 @@ func herd(args []string) error {
 // quietCounts reads the fake's counts and every mount's rotations in a
 // quiet moment: mounts go on rotating, so the two agree only when no call
 // was in flight before the mounts were read and none came while they were.
-func quietCounts(ctx context.Context, v *vault, fake, prefix string, n, conc int) (fakeStats, []mountStatus, error) {
+func quietCounts(ctx context.Context, v *vault, fake string, tg herdTargets, n, conc int) (fakeStats, []mountStatus, error) {
 	for {
 		a, err := getFakeStats(ctx, fake)
 		if err != nil {
@@ -205,7 +240,7 @@ func quietCounts(ctx context.Context, v *vault, fake, prefix string, n, conc int
 			}
 			continue
 		}
-		counts, err := refreshCounts(ctx, v, prefix, n, conc)
+		counts, err := refreshCounts(ctx, v, tg, n, conc)
 		if err != nil {
 			return a, nil, err
 		}
@@ -272,25 +307,70 @@ func events(times []time.Time, since time.Time) []herdEvent {
 	return out
 }
 
-// mountStatus is the part of a mount's status used here.
-type mountStatus struct {
-	count int64
-	state string
+// herdTargets names the herd's sessions: mounts, or one mount's accounts.
+type herdTargets struct {
+	// prefix starts the mounts' paths, or the accounts' names.
+	prefix string
+	// mount is the mount whose accounts the herd is; "" for mounts.
+	mount string
 }
 
-// refreshCounts reads every mount's status.
-func refreshCounts(ctx context.Context, v *vault, prefix string, n, conc int) ([]mountStatus, error) {
+// config is the path the i-th session is configured at.
+func (tg herdTargets) config(i int) string {
+	if tg.mount != "" {
+		return tg.mount + "/accounts/" + accountName(tg.prefix, i)
+	}
+	return mountPath(tg.prefix, i) + "/config"
+}
+
+// status is the i-th session's status path.
+func (tg herdTargets) status(i int) string {
+	if tg.mount != "" {
+		return tg.mount + "/status/" + accountName(tg.prefix, i)
+	}
+	return mountPath(tg.prefix, i) + "/status"
+}
+
+// body is the config write that points a session at the fake: a new
+// account needs its username too.
+func (tg herdTargets) body(fake string) map[string]any {
+	b := map[string]any{"base_url": fake, "password": "demo-password"}
+	if tg.mount != "" {
+		b["username"] = "demo"
+	}
+	return b
+}
+
+// mountStatus is the part of a mount's (or account's) status used here.
+type mountStatus struct {
+	count          int64
+	state          string
+	needed, budget float64
+}
+
+// note keeps the most calls a second the statuses said were needed.
+func (res *herdResult) note(counts []mountStatus) {
+	for _, c := range counts {
+		res.NeededMax = max(res.NeededMax, c.needed)
+		res.Budget = max(res.Budget, c.budget)
+	}
+}
+
+// refreshCounts reads every mount's (or account's) status.
+func refreshCounts(ctx context.Context, v *vault, tg herdTargets, n, conc int) ([]mountStatus, error) {
 	out := make([]mountStatus, n)
 	err := forMounts(1, n, conc, func(i int) error {
 		var st struct {
 			State        string      `json:"state"`
 			RefreshCount json.Number `json:"refresh_count"`
+			Needed       float64     `json:"calls_per_second_needed"`
+			Budget       float64     `json:"calls_per_second_budget"`
 		}
-		if err := v.call(ctx, http.MethodGet, mountPath(prefix, i)+"/status", nil, &st); err != nil {
+		if err := v.call(ctx, http.MethodGet, tg.status(i), nil, &st); err != nil {
 			return err
 		}
 		c, err := st.RefreshCount.Int64()
-		out[i-1] = mountStatus{count: c, state: st.State}
+		out[i-1] = mountStatus{count: c, state: st.State, needed: st.Needed, budget: st.Budget}
 		return err
 	})
 	return out, err

@@ -108,7 +108,7 @@ func idle(args []string) error {
 	fs := flag.NewFlagSet("idle", flag.ContinueOnError)
 	addr := fs.String("addr", "", "Vault address")
 	token := fs.String("token", "", "Vault token")
-	n := fs.Int("n", 0, "engine mounts")
+	n := fs.Int("n", 0, "engine mounts (or accounts)")
 	dur := fs.Duration("dur", 2*tickPeriod, "window length")
 	settle := fs.Duration("settle", 5*time.Second, "wait this long before the window, after what ran before")
 	tail := fs.Duration("tail", 10*time.Second, "hold at least this much after the window's last tick")
@@ -116,12 +116,13 @@ func idle(args []string) error {
 	vaultPID := fs.Int("vault-pid", 0, "Vault's pid")
 	pluginPID := fs.Int("plugin-pid", 0, "the engine's plugin process serving the mounts")
 	soloPID := fs.Int("solo-pid", 0, "the engine's plugin process serving the one reference mount")
-	floorPID := fs.Int("floor-pid", 0, "the minimal plugin's process serving as many mounts")
+	floorPID := fs.Int("floor-pid", 0, "the minimal plugin's process serving as many mounts (0: none)")
 	fake := fs.String("fake", "", "the fake Teletracker's URL")
 	every := fs.Duration("every", 50*time.Millisecond, "CPU sampling interval")
 	pprof := fs.String("pprof", "", "the plugin's profiler address, when it has one")
 	profileDir := fs.String("profile-dir", "", "with -pprof: save the heap profiles at the window's start and end here")
 	prefix := fs.String("prefix", "m", "the engine's mount path prefix")
+	profilePrefix := fs.String("profile-prefix", "", "starts the names of the heap profiles saved")
 	floorPrefix := fs.String("floor-prefix", "f", "the floor's mount path prefix")
 	out := fs.String("out", "", "write the result here as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -157,6 +158,9 @@ func idle(args []string) error {
 	procs := []*proc{&res.Plugin, &res.Solo, &res.Floor, &res.Vault}
 	cpu0 := make([]float64, len(pids))
 	for i, pid := range pids {
+		if pid == 0 {
+			continue // none, as the floor beside one mount's accounts
+		}
 		if cpu0[i], err = readProc(pid, procs[i]); err != nil {
 			return err
 		}
@@ -167,7 +171,7 @@ func idle(args []string) error {
 		if rt0, err = readRuntime(ctx, *pprof); err != nil {
 			return err
 		}
-		if err := saveHeap(ctx, *pprof, *profileDir, fmt.Sprintf("heap-%d-start.pb.gz", *n)); err != nil {
+		if err := saveHeap(ctx, *pprof, *profileDir, fmt.Sprintf("%sheap-%d-start.pb.gz", *profilePrefix, *n)); err != nil {
 			return err
 		}
 	}
@@ -183,6 +187,9 @@ func idle(args []string) error {
 	res.Load[1] = loadAvg()
 	ours := 0.0
 	for i, pid := range pids {
+		if pid == 0 {
+			continue
+		}
 		cpu1, err := readProc(pid, procs[i])
 		if err != nil {
 			return err
@@ -200,7 +207,7 @@ func idle(args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := saveHeap(ctx, *pprof, *profileDir, fmt.Sprintf("heap-%d-end.pb.gz", *n)); err != nil {
+		if err := saveHeap(ctx, *pprof, *profileDir, fmt.Sprintf("%sheap-%d-end.pb.gz", *profilePrefix, *n)); err != nil {
 			return err
 		}
 		rt1.GCs -= rt0.GCs
@@ -228,7 +235,7 @@ func idle(args []string) error {
 	for t := nextTick(tickZero, res.Start); t.Before(end); t = t.Add(tickPeriod) {
 		res.Ticks = append(res.Ticks, tickBurst(samples, t, res.Start))
 	}
-	fmt.Fprintf(os.Stderr, "scale: idle at %d mounts: plugin %.2f s CPU, RSS %d KiB; %d ticks\n",
+	fmt.Fprintf(os.Stderr, "scale: idle at %d: plugin %.2f s CPU, RSS %d KiB; %d ticks\n",
 		*n, res.Plugin.CPU, res.Plugin.RSS, len(res.Ticks))
 	return writeJSON(*out, res)
 }

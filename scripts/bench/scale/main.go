@@ -1,13 +1,17 @@
 // Command scale is the measuring half of make bench-scale (see
 // scripts/bench/scale.sh): the engine's cost as the mounts one plugin process
-// serves grow from 1 to 1,000.
+// serves grow from 1 to 1,000, and as the accounts of one mount grow from 1
+// to 10,000.
 //
-//	scale setup   enable and configure mounts, timing each step
+//	scale setup   enable and configure mounts (or create one mount's
+//	              accounts), timing each step
 //	scale idle    watch the processes through two of Vault's ticks: memory,
 //	              CPU, the ticks' work, storage operations and upstream calls
-//	scale herd    point every mount at a fresh fake at once and watch
-//	              them all fall due together
-//	scale report  the markdown tables of BENCHMARKS.md's Scale section
+//	scale herd    point every mount at a fresh fake at once (or create the
+//	              accounts of a mount on it) and watch them all fall due
+//	              together
+//	scale report  the markdown tables of BENCHMARKS.md's Scale section, or
+//	              (-accounts) of its Accounts in one mount section
 //
 // Each step but report writes its result as JSON to -out; report reads them
 // back from the directory they were written to.
@@ -98,14 +102,27 @@ func (v *vault) do(ctx context.Context, method, path string, body any) ([]byte, 
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNoContent {
-		return nil, fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, bytes.TrimSpace(raw))
+		return nil, &statusError{status: resp.StatusCode, text: fmt.Sprintf("%s %s: %d %s", method, path, resp.StatusCode, bytes.TrimSpace(raw))}
 	}
 	return raw, nil
 }
 
+// statusError is an answer of Vault's other than 200 and 204.
+type statusError struct {
+	status int
+	text   string
+}
+
+func (e *statusError) Error() string { return e.text }
+
 // mountPath is the path of the i-th engine mount (from 1).
 func mountPath(prefix string, i int) string {
 	return fmt.Sprintf("%s%04d", prefix, i)
+}
+
+// accountName is the name of the i-th named account of a mount (from 1).
+func accountName(prefix string, i int) string {
+	return fmt.Sprintf("%s%05d", prefix, i)
 }
 
 // fakeStats is the part of the fake Teletracker's GET /_fake/stats used here.

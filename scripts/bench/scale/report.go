@@ -34,9 +34,18 @@ type step struct {
 func report(args []string) error {
 	fs := flag.NewFlagSet("report", flag.ContinueOnError)
 	dir := fs.String("dir", "", "the directory the steps wrote their results to")
-	ns := fs.String("n", "1,10,100,1000", "the mount counts measured")
+	ns := fs.String("n", "1,10,100,1000", "the mount (or account) counts measured")
+	accounts := fs.Bool("accounts", false, "the Accounts in one mount section's tables instead")
+	raised := fs.Float64("raised", 0, "with -accounts: the -calls-per-second the accounts were set up with")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *accounts {
+		counts, err := accountCounts(*ns)
+		if err != nil {
+			return err
+		}
+		return reportAccounts(os.Stdout, *dir, counts, *raised)
 	}
 	var steps []step
 	for _, f := range strings.Split(*ns, ",") {
@@ -62,7 +71,7 @@ func report(args []string) error {
 	targets(w, steps, h)
 	resources(w, steps)
 	ticks(w, steps)
-	herdTable(w, h)
+	herdTable(w, h, "mounts")
 	return nil
 }
 
@@ -272,22 +281,28 @@ func ticks(w io.Writer, steps []step) {
 	fmt.Fprintf(w, "Per mount and tick, least squares over N: %.2f storage operations, %.3f ms of plugin and Vault CPU.\n\n", opsSlope, cpuSlope)
 }
 
-func herdTable(w io.Writer, h herdResult) {
-	fmt.Fprintln(w, "### The herd")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| mounts | configured in (peak logins/s) | watched | refresh calls | rotations (per mount) | re-used, rejected, late | logins | unhealthy at the end | bursts: at, calls, span | peak calls/s | seconds over the limit | plugin open files: peak, end | plugin RSS: peak, end |")
-	fmt.Fprintln(w, "|---:|---|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|")
+// herdTable is the herd's table; what names what the herd is of.
+func herdTable(w io.Writer, h herdResult, what string) {
+	if what == "mounts" {
+		fmt.Fprintln(w, "### The herd")
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, "| "+what+" | configured in (peak logins/s) | watched | refresh calls | rotations (per "+strings.TrimSuffix(what, "s")+") | re-used, rejected, late | logins | unhealthy at the end | bursts: at, calls, span | peak calls/s | seconds over the limit | plugin open files: peak, end | plugin RSS: peak, end | calls a second needed, at most (turns) |")
+	fmt.Fprintln(w, "|---:|---|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
 	crossed := ""
 	if h.CrossedTick {
 		crossed = ", crossing a tick"
+	}
+	if h.Refused > 0 {
+		crossed += fmt.Sprintf("; %d writes answered 429 and sent again, the slowest %.0f s", h.Refused, h.SlowestConfig)
 	}
 	var ev []string
 	for _, e := range h.Events {
 		ev = append(ev, fmt.Sprintf("+%.0f s, %d, %.0f ms", e.At, e.Calls, e.SpanMs))
 	}
-	fmt.Fprintf(w, "| %d | %.1f s%s (%d) | %.0f s | %d | %d (%d–%d) | %d, %d, %d | %d | %d | %s | %d | %d | %d, %d | %s, %s |\n",
+	fmt.Fprintf(w, "| %d | %.1f s%s (%d) | %.0f s | %d | %d (%d–%d) | %d, %d, %d | %d | %d | %s | %d | %d | %d, %d | %s, %s | %.2f (%.1f) |\n",
 		h.N, h.ConfigSeconds, crossed, h.ConfigPeak, h.Seconds, h.RefreshCalls, h.Rotations, h.MinRotations, h.MaxRotations,
 		h.Reused, h.Rejected, h.Late, h.Logins, h.Unhealthy, strings.Join(ev, "; "), h.PeakPerSecond, h.SecondsOver,
-		h.PeakFDs, h.Plugin.FDs, mib(h.PeakRSS), mib(h.Plugin.RSS))
+		h.PeakFDs, h.Plugin.FDs, mib(h.PeakRSS), mib(h.Plugin.RSS), h.NeededMax, h.Budget)
 	fmt.Fprintln(w)
 }

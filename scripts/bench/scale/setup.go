@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net/http"
@@ -14,7 +13,7 @@ import (
 
 // setupResult is what one setup step took.
 type setupResult struct {
-	// N is the number of engine mounts after the step; Added were new.
+	// N is the number of engine mounts (or accounts) after the step; Added were new.
 	N     int `json:"n"`
 	Added int `json:"added"`
 	// Seconds is the step's wall time.
@@ -47,6 +46,8 @@ func summarise(ds []time.Duration) latencies {
 
 // setup enables the engine mounts from..to and configures each against the
 // fake, -conc at a time: what an operator's script adding accounts does.
+// With -accounts-mount, it creates the named accounts from..to of that
+// mount instead (accounts/<prefix>NNNNN, each a login to the fake).
 func setup(args []string) error {
 	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
 	addr := fs.String("addr", "", "Vault address")
@@ -58,16 +59,24 @@ func setup(args []string) error {
 	to := fs.Int("to", 1, "last mount to add")
 	fake := fs.String("fake", "", "the fake Teletracker's URL, for base_url; none: the mounts are not configured")
 	conc := fs.Int("conc", 4, "mounts set up at a time")
+	accounts := fs.String("accounts-mount", "", "create named accounts of this mount instead of mounts; -prefix names them")
 	out := fs.String("out", "", "write the result here as JSON (when set)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *from < 1 || *to < *from || *to > 5000 || *conc < 1 || *conc > 64 {
-		return errors.New("need 1 <= from <= to <= 5000 and conc 1-64")
+	limit := 5000
+	if *accounts != "" {
+		limit = 99999
+	}
+	if *from < 1 || *to < *from || *to > limit || *conc < 1 || *conc > 64 {
+		return fmt.Errorf("need 1 <= from <= to <= %d and conc 1-64", limit)
 	}
 	v := newVault(*addr, *token)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
+	if *accounts != "" {
+		return setupAccounts(ctx, v, *accounts, *prefix, *fake, *from, *to, *conc, *out)
+	}
 
 	var mu sync.Mutex
 	var enables, configs []time.Duration
@@ -105,4 +114,30 @@ func setup(args []string) error {
 		return nil
 	}
 	return writeJSON(*out, res)
+}
+
+// setupAccounts creates the named accounts from..to of mount against the
+// fake, conc at a time, and writes what it took to out (when set).
+func setupAccounts(ctx context.Context, v *vault, mount, prefix, fake string, from, to, conc int, out string) error {
+	var mu sync.Mutex
+	var configs []time.Duration
+	start := time.Now()
+	err := forMounts(from, to, conc, func(i int) error {
+		t0 := time.Now()
+		err := v.call(ctx, http.MethodPost, mount+"/accounts/"+accountName(prefix, i),
+			map[string]any{"base_url": fake, "username": "demo", "password": "demo-password"}, nil)
+		mu.Lock()
+		configs = append(configs, time.Since(t0))
+		mu.Unlock()
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	res := setupResult{N: to, Added: to - from + 1, Seconds: time.Since(start).Seconds(), Config: summarise(configs)}
+	fmt.Fprintf(os.Stderr, "scale: %d accounts of %s added in %.1f s\n", res.Added, mount, res.Seconds)
+	if out == "" {
+		return nil
+	}
+	return writeJSON(out, res)
 }
