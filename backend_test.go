@@ -369,7 +369,7 @@ func (e *testEnv) store(r *record) {
 // its result is stored.
 func (e *testEnv) markInterrupted() {
 	e.t.Helper()
-	e.store(e.stored().marked(e.clock.Now()))
+	e.store(e.stored().marked(actRefresh, e.clock.Now()))
 }
 
 // wantState fails the test unless status reports state with a last_error

@@ -166,7 +166,7 @@ func (r *record) wants(tl *timeline, now time.Time, t trigger) bool {
 // waitReason names the wait that ends at at, for an error or a warning.
 func (r *record) waitReason(at time.Time) string {
 	switch {
-	case r.State == stateInFlight && at.Equal(r.markerEnd()):
+	case !r.InFlightAt.IsZero() && at.Equal(r.markerEnd()):
 		return fmt.Sprintf("a call to Teletracker sent at %s may still be under way; its outcome is resolved once it has surely ended",
 			r.InFlightAt.UTC().Format(time.RFC3339))
 	case at.After(r.HoldUntil):
@@ -251,14 +251,20 @@ func backoff(n int, key string) time.Duration {
 	return d + time.Duration(h.Sum64()%uint64(d/4+1))
 }
 
-// marked is r as stored before its call (a refresh, or a login the engine
-// makes of itself) is sent at sentAt: should
-// Vault stop, the next active node waits until the call has surely ended
-// (sent within sendWindow, then request_timeout, as it is now) and the
-// floor after it.
-func (r *record) marked(sentAt time.Time) *record {
+// marked is r as stored before its call of kind (a refresh, or a login
+// the engine makes of itself) is sent at sentAt: should Vault stop, the
+// next active node waits until the call has surely ended (sent within
+// sendWindow, then request_timeout, as it is now) and the floor after it.
+// A refresh's marker says its refresh token may be spent (in_flight); a
+// login's keeps the state it was sent from, for a login spends no refresh
+// token: what follows the wait is what would have followed without it
+// (another login, or reauth_required once the password is gone).
+func (r *record) marked(kind actionKind, sentAt time.Time) *record {
 	next := *r
-	next.State, next.InFlightAt = stateInFlight, sentAt
+	if kind == actRefresh {
+		next.State = stateInFlight
+	}
+	next.InFlightAt = sentAt
 	next.markWaits()
 	return &next
 }
@@ -280,6 +286,9 @@ func (r *record) markerEnd() time.Time {
 // g or err (g may come with err: a new refresh token in a faulty answer).
 func settle(r *record, kind actionKind, g *grant, err error, sentAt, now time.Time) *record {
 	next := *r
+	if kind == actLogin && next.State != stateInFlight {
+		next.InFlightAt = time.Time{} // its answer resolves a login's marker
+	}
 	if g != nil {
 		// A new refresh token: the one sent is spent, this is the way on.
 		next.State, next.InFlightAt, next.RefreshToken = stateReady, time.Time{}, g.refreshToken

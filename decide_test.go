@@ -154,7 +154,7 @@ func retryAfter(at func(time.Duration) time.Time) func(*record) {
 
 func inFlight(at func(time.Duration) time.Time, password bool) func(*record) {
 	return func(r *record) {
-		*r = *r.marked(at(55 * time.Minute))
+		*r = *r.marked(actRefresh, at(55*time.Minute))
 		r.ObtainedAt = at(50 * time.Minute)
 		if !password {
 			r.Config.Password = ""

@@ -29,7 +29,8 @@ type record struct {
 
 	// State is one of the state constants above.
 	State string `json:"state"`
-	// InFlightAt is when the call in flight was sent (state in_flight).
+	// InFlightAt is when the call in flight was sent: a refresh (state
+	// in_flight) or the engine's own login (its state stays need_login).
 	InFlightAt time.Time `json:"in_flight_at,omitzero"`
 
 	// Token is the bearer token; empty when none is held.

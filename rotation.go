@@ -125,7 +125,7 @@ func (a *account) spend(ctx context.Context, storage logical.Storage, prev, r *r
 	// config write's login stores none: its marker would store a password
 	// Teletracker has not yet accepted.
 	if act.kind == actRefresh || (act.kind == actLogin && t.kind != triggerCredential) {
-		marker = r.marked(sentAt)
+		marker = r.marked(act.kind, sentAt)
 		if err := putRecord(ctx, storage, a.key, marker); err != nil {
 			a.log().Error("call not attempted: storing its marker failed", "error", err)
 			err = fmt.Errorf("call not attempted: storing its marker failed: %w", err)

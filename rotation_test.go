@@ -953,7 +953,7 @@ func TestMarkerOfNodeWithClockAhead(t *testing.T) {
 	seed := mustSession(t, e.fake)
 	e.mustRequest(logical.UpdateOperation, "config", map[string]interface{}{"base_url": e.url, "refresh_token": seed, "request_timeout": "30s"})
 	e.clock.Add(time.Minute)
-	e.store(e.stored().marked(e.clock.Now().Add(5 * time.Second)))
+	e.store(e.stored().marked(actRefresh, e.clock.Now().Add(5*time.Second)))
 	e.b = restart(t, e)
 	e.clock.Add(time.Second)
 	_ = e.tick()
@@ -1274,29 +1274,75 @@ func TestLateMarkerAckOfFirstSeedWriteAfterTakeover(t *testing.T) {
 // result is stored; node B, active too for a moment (it was paused past
 // its HA lock's time to live while A took over, and has not yet noticed),
 // ticks a second later. Nothing in storage would tell B of A's login, and
-// B would log in again within the
-// 10 s floor, unless A stored a marker before its login, as before a
-// refresh. Found by the simulation (seed 658).
+// B would log in again within the 10 s floor, unless A stored a marker
+// before its login, as before a refresh. Found by the simulation (seed 658).
+// A's login reaches Teletracker and only its result's Put fails: without
+// the marker, B's tick sends a second.
 func TestLoginLeavesATraceBeforeItIsSent(t *testing.T) {
 	e := newTestEnv(t)
-	e.configure(nil)
+	nodeB, before := loginLostAfterItsMarker(t, e)
+	if n := e.fake.Stats().LoginCalls - before; n != 1 {
+		t.Fatalf("node A sent %d logins: want 1, its result lost", n)
+	}
+	e.clock.Add(time.Second)
+	_ = nodeB.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+	if n := e.fake.Stats().LoginCalls - before; n != 1 {
+		t.Fatalf("%d logins within %s of each other, by two nodes: want 1 (the floor is %s)", n, time.Second, minCallInterval)
+	}
+}
+
+// A login's marker is no refresh's: the refresh token it stands beside was
+// already refused, and stays so. Once the operator takes the password away
+// (password=""), the next tick after the marker's wait must not send that
+// refresh token (spent: a theft detector's signal), and status says
+// reauth_required, not degraded.
+func TestLoginMarkerWithoutPasswordSendsNoSpentRefreshToken(t *testing.T) {
+	e := newTestEnv(t)
+	nodeB, _ := loginLostAfterItsMarker(t, e)
+	if r := e.stored(); r.State != stateNeedLogin || r.InFlightAt.IsZero() {
+		t.Fatalf("a login's marker stored state %q, in_flight_at %v: want need_login, and when it was sent", r.State, r.InFlightAt)
+	}
+	if resp, err := e.request(logical.UpdateOperation, e.path("config"), map[string]interface{}{"password": ""}); err != nil || resp.IsError() {
+		t.Fatalf("taking the password away: %v %v", resp, err)
+	}
+	refreshes := e.fake.Stats().RefreshCalls
+	e.clock.Add(time.Minute) // past the marker's wait
+	_ = nodeB.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+	if n := e.fake.Stats().RefreshCalls - refreshes; n != 0 {
+		t.Fatalf("%d refreshes with the refused refresh token after a login's marker", n)
+	}
+	if st := e.status(); st["state"] != "reauth_required" {
+		t.Fatalf("status %v, want reauth_required", st["state"])
+	}
+}
+
+// loginLostAfterItsMarker sets up a session whose refresh token was
+// refused (the next call logs in), and node A's tick logs in: its login
+// reaches Teletracker, and its result is lost (A died). It returns a node B
+// that loaded the record before, and the fake's count of logins before A's.
+func loginLostAfterItsMarker(t *testing.T, e *testEnv) (nodeB *backend, logins int64) {
+	t.Helper()
+	g := newGate(t, e)
+	e.configure(map[string]interface{}{"base_url": g.url})
 	e.clock.Add(time.Minute)
 	r := e.stored()
 	r.State = stateNeedLogin // the refresh token was refused: the next call logs in
 	e.store(r)
 	nodeA, nodeB := restart(t, e), restart(t, e)
-	t.Cleanup(func() { nodeA.Cleanup(context.Background()); nodeB.Cleanup(context.Background()) })
-	before := e.fake.Stats().LoginCalls
-
-	e.storage.failPuts.Store(-1) // A logs in; its result never reaches storage: A died
-	_ = nodeA.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+	t.Cleanup(func() { nodeB.Cleanup(context.Background()) }) // A is dead: it stores nothing more
+	logins = e.fake.Stats().LoginCalls
+	g.close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = nodeA.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
+	}()
+	<-g.arrived // A's login is sent (and its marker, if any, stored)
+	e.storage.failPuts.Store(-1)
+	g.open()
+	<-done
 	e.storage.failPuts.Store(0)
-	e.clock.Add(time.Second)
-	_ = nodeB.periodicFunc(context.Background(), &logical.Request{Storage: e.storage})
-
-	if n := e.fake.Stats().LoginCalls - before; n != 1 {
-		t.Fatalf("%d logins within %s of each other, by two nodes: want 1 (the floor is %s)", n, time.Second, minCallInterval)
-	}
+	return nodeB, logins
 }
 
 // The floor runs from a call's answer: after a rotate whose answer took
