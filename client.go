@@ -441,13 +441,14 @@ func statusText(status int) string {
 
 // errorCode is the machine-readable code in Teletracker's error (or else
 // message) field, as " (code x)", or "" when neither holds one. A code is
-// words of letters joined by '_' or '.', up to maxErrorCode characters,
-// whose letters share no three in a row with the letters of secret (case
-// and whatever stands between them aside): so it can be neither the
-// credential sent nor a piece of it, in any encoding (an encoded character
-// is never a letter) and with its other characters replaced or dropped,
-// and a token or session guid, a UUID, cannot be one (it holds hyphens and
-// digits). Anything else is text, and dropped.
+// words of letters joined by '_' or '.' (or run together, each after the
+// first capitalised), up to maxErrorCode characters, each word one of
+// codeWords, and whose letters share no three in a row with the letters of
+// secret (case and whatever stands between them aside). So it is never the
+// credential sent, a piece of it, nor the credential in any encoding
+// (base64, ROT13, reversed, its other characters dropped: none of them is
+// made of error words alone), and a token or session guid, a UUID, cannot
+// be one (it holds hyphens and digits). Anything else is text, and dropped.
 func errorCode(sb *sessionBody, secret string) string {
 	for _, c := range []string{sb.Error, sb.Message} {
 		if isErrorCode(c, secret) {
@@ -460,16 +461,19 @@ func errorCode(sb *sessionBody, secret string) string {
 // isErrorCode reports whether c is shaped like an error code, as errorCode
 // says, and its letters share no three in a row with secret's.
 func isErrorCode(c, secret string) bool {
-	if c == "" || len(c) > maxErrorCode || c[0] == '_' || c[0] == '.' || c[len(c)-1] == '_' || c[len(c)-1] == '.' {
+	if c == "" || len(c) > maxErrorCode {
 		return false
 	}
-	for i := 0; i < len(c); i++ {
-		switch ch := c[i]; {
-		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z':
-		case (ch == '_' || ch == '.') && c[i-1] != '_' && c[i-1] != '.':
-		default:
-			return false
+	for _, part := range strings.FieldsFunc(c, func(r rune) bool { return r == '_' || r == '.' }) {
+		for _, w := range camelWords(part) {
+			if !codeWords[strings.ToLower(w)] {
+				return false
+			}
 		}
+	}
+	if strings.Contains(c, "__") || strings.Contains(c, "..") || strings.Contains(c, "_.") || strings.Contains(c, "._") ||
+		strings.Trim(c, "_.") != c {
+		return false
 	}
 	lc, ls := letters(c), letters(secret)
 	n := min(3, len(ls))
@@ -480,6 +484,39 @@ func isErrorCode(c, secret string) bool {
 	}
 	return true
 }
+
+// camelWords splits s before each upper-case letter that follows a
+// lower-case one ("InvalidGrant": "Invalid", "Grant"). Any character but an
+// ASCII letter makes a word no code word is.
+func camelWords(s string) []string {
+	var words []string
+	start := 0
+	for i := 1; i < len(s); i++ {
+		if s[i] >= 'A' && s[i] <= 'Z' && s[i-1] >= 'a' && s[i-1] <= 'z' {
+			words = append(words, s[start:i])
+			start = i
+		}
+	}
+	return append(words, s[start:])
+}
+
+// codeWords are the words an error code is made of: those of the error
+// codes of OAuth 2.0 (RFC 6749) and of HTTP's status texts, and the words
+// for what a session's calls meet. A word outside it makes the field text.
+var codeWords = func() map[string]bool {
+	m := map[string]bool{}
+	for _, w := range strings.Fields(`
+		access account accounts already auth authentication authorization bad blocked busy client
+		conflict credential credentials denied disabled error exceeded expired failed failure
+		forbidden found gateway grant inactive internal invalid limit limited locked login malformed
+		maintenance many method mismatch missing no not overloaded parameter parameters password
+		quota rate refresh request requests required reset retry reuse reused revoked scope server
+		service session spent such suspended temporarily timeout token too type unauthorized
+		unavailable unknown unsupported used user username wrong`) {
+		m[w] = true
+	}
+	return m
+}()
 
 // letters is s's ASCII letters alone, in lower case.
 func letters(s string) string {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -225,6 +227,33 @@ func TestErrorCodeDropsAnEchoOfTheLetters(t *testing.T) {
 	}
 }
 
+// An echo of the credential in an encoding of letters alone (base64,
+// ROT13, reversed) shares none of its letters in a row, yet is no code:
+// it is made of no error words.
+func TestErrorCodeDropsAnEncodedCredential(t *testing.T) {
+	for _, secret := range []string{"HunterTwo", "Qz7!Wx3#Rv", "tokenUsed"} {
+		rot13 := strings.Map(func(r rune) rune {
+			switch {
+			case r >= 'a' && r <= 'z':
+				return 'a' + (r-'a'+13)%26
+			case r >= 'A' && r <= 'Z':
+				return 'A' + (r-'A'+13)%26
+			}
+			return r
+		}, secret)
+		reversed := []byte(secret)
+		slices.Reverse(reversed)
+		for _, echo := range []string{
+			strings.TrimRight(base64.StdEncoding.EncodeToString([]byte(secret)), "="),
+			letters(rot13), string(reversed), letters(string(reversed)),
+		} {
+			if got := errorCode(&sessionBody{Error: echo}, secret); got != "" {
+				t.Errorf("echo %q of %q kept as %q", echo, secret, got)
+			}
+		}
+	}
+}
+
 // ca_cert vouches for base_url's host alone: an https proxy on the way
 // (HTTPS_PROXY=https://user:pass@proxy) whose certificate only the config
 // writer's CA vouches for is refused before it is sent the CONNECT and the
@@ -341,8 +370,11 @@ func TestErrorCode(t *testing.T) {
 		{"ffffffff-ffff-ffff-ffff-ffffffffffff", "", ""},
 		{"_private", "trailing_", ""},
 		{"a__b", "a..b", ""},
-		{strings.Repeat("a", maxErrorCode), "", " (code " + strings.Repeat("a", maxErrorCode) + ")"},
-		{strings.Repeat("a", maxErrorCode+1), "", ""},
+		{strings.Repeat("token_", 10) + "used", "", " (code " + strings.Repeat("token_", 10) + "used)"},
+		{strings.Repeat("token_", 10) + "spent", "", ""}, // 65 characters
+		{"InvalidGrant", "", " (code InvalidGrant)"},
+		{"invalid_grnat", "", ""},
+		{"Invalid_Grant.", "", ""},
 		{"hunter", "", ""},
 		{"bad_HUN", "", ""},
 		{"wrong_two", "", ""},
