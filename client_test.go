@@ -254,6 +254,31 @@ func TestErrorCodeDropsAnEncodedCredential(t *testing.T) {
 	}
 }
 
+// ca_cert is trusted for base_url's host as Go's transport dials it: a
+// non-ASCII host is dialled in its ASCII (punycode) form, and the CA must
+// be trusted for that form, or it is trusted for no host at all.
+func TestCACertHostAsDialled(t *testing.T) {
+	caPEM, _ := testCA(t)
+	cfg := &config{BaseURL: "https://münchen.test", RequestTimeout: 2 * time.Second, CACert: caPEM}
+	key := transportFor(cfg)
+	shared, err := newProcess(DefaultCallsPerSecond).transport(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := shared.Clone()
+	defer tr.CloseIdleConnections()
+	dialled := make(chan string, 1)
+	tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialled <- addr
+		return nil, errors.New("not dialled: the test only sees the address")
+	}
+	_, _ = newClient(cfg, tr, time.Now).refresh(context.Background(), "rt")
+	addr := <-dialled
+	if host, _, _ := net.SplitHostPort(addr); host != key.caHost {
+		t.Fatalf("Go dials %q; ca_cert is trusted for %q", host, key.caHost)
+	}
+}
+
 // ca_cert vouches for base_url's host alone: an https proxy on the way
 // (HTTPS_PROXY=https://user:pass@proxy) whose certificate only the config
 // writer's CA vouches for is refused before it is sent the CONNECT and the

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/idna"
+
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -97,7 +99,11 @@ type transportKey struct {
 func transportFor(cfg *config) transportKey {
 	key := transportKey{caPEM: cfg.CACert, plain: !strings.HasPrefix(cfg.BaseURL, "https://")}
 	if u, err := url.Parse(cfg.BaseURL); err == nil && key.caPEM != "" {
+		// As Go's transport dials it: a non-ASCII name in its ASCII form.
 		key.caHost = u.Hostname()
+		if ascii, err := idna.Lookup.ToASCII(key.caHost); err == nil {
+			key.caHost = ascii
+		}
 	}
 	return key
 }
