@@ -281,7 +281,7 @@ func (r *simRun) do(s simStep) {
 	case "tick":
 		// Vault ticks each node once a minute; d makes it late.
 		if wait := r.lastTick.Add(tickInterval + s.d).Sub(r.clock.Mono()); wait > 0 {
-			r.clock.pass(wait)
+			r.clock.Add(wait)
 		}
 		r.lastTick = r.clock.Mono()
 		for _, n := range r.nodes {
@@ -292,7 +292,7 @@ func (r *simRun) do(s simStep) {
 			}
 		}
 	case "pass":
-		r.clock.pass(s.d)
+		r.clock.Add(s.d)
 	case "read":
 		r.read(node, s.account, s.d)
 	case "rotate":
@@ -329,11 +329,11 @@ func (r *simRun) do(s simStep) {
 		r.start(n)
 	case "stepdown":
 		r.markBusy()
-		r.clock.pass(time.Duration(1+node) * time.Second)
+		r.clock.Add(time.Duration(1+node) * time.Second)
 		r.takeover(node, false)
 	case "crash":
 		r.markBusy()
-		r.clock.pass(simFailover)
+		r.clock.Add(simFailover)
 		r.takeover(node, true)
 	case "jump":
 		r.markBusy()
@@ -364,7 +364,7 @@ func (r *simRun) afterStep() {
 		switch {
 		case n.b != nil && n.view.dead.Load() && i == r.active:
 			r.markBusy()
-			r.clock.pass(simFailover)
+			r.clock.Add(simFailover)
 			r.takeover(i+1, true)
 		case n.b != nil && n.view.dead.Load():
 			r.stop(n, false)

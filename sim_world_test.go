@@ -27,47 +27,24 @@ import (
 // reached in process with its faults, the virtual clock, and what the
 // invariants need to know of every call.
 
-// simClock is the simulation's one clock: the wall clock (Vault's, and the
-// fake's) and its monotonic twin. Time passes only when the simulation or
-// a sleep of the engine moves it; a jump moves the wall clock alone.
-type simClock struct {
-	// mu guards wall and mono.
-	mu         sync.Mutex
-	wall, mono time.Time
-}
-
-func (c *simClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.wall
-}
-
-func (c *simClock) Mono() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.mono
-}
-
-// pass lets d go by on both clocks.
-func (c *simClock) pass(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.wall, c.mono = c.wall.Add(d), c.mono.Add(d)
-}
+// The simulation's one clock is a testClock (backend_test.go): the wall
+// clock (Vault's, and the fake's) and its monotonic twin. Time passes only
+// when the simulation or a sleep of the engine moves it; a jump moves the
+// wall clock alone.
 
 // jump sets the wall clock d forward (or back), as NTP or an operator may.
-func (c *simClock) jump(d time.Duration) {
+func (c *testClock) jump(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.wall = c.wall.Add(d)
+	c.t = c.t.Add(d)
 }
 
 // sleep is the engine's sleeper on this clock: it lets d pass at once.
-func (c *simClock) sleep(ctx context.Context, d time.Duration) error {
+func (c *testClock) sleep(ctx context.Context, d time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	c.pass(d)
+	c.Add(d)
 	return nil
 }
 
@@ -131,7 +108,7 @@ type simCall struct {
 
 // simWorld is everything one run of the simulation holds.
 type simWorld struct {
-	clock *simClock
+	clock *testClock
 	fake  *fakett.Server
 	// mem is the storage every node shares.
 	mem   *logical.InmemStorage
@@ -193,7 +170,7 @@ var simAccounts = []struct{ name, user string }{{"", "demo"}, {"fleet", "fleet"}
 // newSimWorld is a world of n nodes for the run seeded seed, node 0 active.
 func newSimWorld(seed uint64, n int, p simParams) *simWorld {
 	w := &simWorld{
-		clock: &simClock{wall: testStart, mono: testStart},
+		clock: &testClock{t: testStart, mono: testStart},
 		mem:   &logical.InmemStorage{},
 		logs:  &syncBuffer{},
 		owner: map[string]string{}, spent: map[string]bool{}, lost: map[string]bool{},
@@ -342,7 +319,7 @@ func (v *simView) Get(ctx context.Context, key string) (*logical.StorageEntry, e
 	}
 	e, err := v.w.mem.Get(ctx, key)
 	if ok {
-		v.w.clock.pass(f.slow)
+		v.w.clock.Add(f.slow)
 	}
 	return e, err
 }
@@ -377,7 +354,7 @@ func (v *simView) write(ctx context.Context, op, key string, apply func() error)
 		v.node.b.end() // Clean's first act; the rest comes after the step
 	}
 	if ok && f.slow > 0 {
-		v.w.clock.pass(f.slow)
+		v.w.clock.Add(f.slow)
 		if f.takeover && v.w.nodes[v.w.active] == v.node && v.w.paused == nil {
 			// This node is paused while its write is acknowledged; another
 			// takes over and ticks. This one goes on once it resumes, not
@@ -479,7 +456,7 @@ func (u *simUpstream) RoundTrip(req *http.Request) (*http.Response, error) {
 	if faulted && f.kind == "hang" {
 		// No answer within request_timeout: the call times out, unprocessed.
 		if dl, ok := req.Context().Deadline(); ok {
-			w.clock.pass(time.Until(dl).Round(time.Second))
+			w.clock.Add(max(time.Until(dl).Round(time.Second), 0))
 		}
 		return nil, context.DeadlineExceeded
 	}
