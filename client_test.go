@@ -68,7 +68,7 @@ func TestParseResponseClasses(t *testing.T) {
 		{name: "malformed", status: 200, body: `{"success":tru`, kind: failUnknown, errContains: "malformed JSON"},
 		{name: "not json", status: 200, body: `<html>hello</html>`, kind: failUnknown},
 		{name: "huge lifetime", status: 200, body: `{"success":true,"token":"a","refreshToken":"b","tokenLifetime":1e30}`, kind: failTransient, salvage: true, errContains: "implausibly long"},
-		{name: "success false", status: 200, body: `{"success":false,"error":"nope"}`, kind: failTransient, errContains: "call failed: success is not true (code nope)"},
+		{name: "success false", status: 200, body: `{"success":false,"error":"server_busy"}`, kind: failTransient, errContains: "call failed: success is not true (code server_busy)"},
 		// An answer that carries a refresh token was processed, whatever its
 		// success says: the new refresh token is kept.
 		{name: "success missing", status: 200, body: `{"token":"a","refreshToken":"b","tokenLifetime":5}`, kind: failTransient, salvage: true, errContains: "no boolean success"},

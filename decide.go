@@ -174,7 +174,7 @@ func (r *record) waitReason(at time.Time) string {
 	case at.After(r.LastCallAt.Add(minCallInterval)):
 		return "Teletracker asked to wait (Retry-After)"
 	}
-	return fmt.Sprintf("at most one call every %s, and the last was at %s", minCallInterval, r.LastCallAt.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("at most one call every %s, and the last ended at %s", minCallInterval, r.LastCallAt.UTC().Format(time.RFC3339))
 }
 
 // retryAt is when reads of r, answered at now with act, next bring it up
@@ -371,9 +371,14 @@ func refused(prev *record, sentAt, now time.Time, err error) *record {
 }
 
 // limit sets the waits after a call sent at sentAt and answered at now: the
-// floor, and Retry-After (when retryAfter is not 0).
+// floor, and Retry-After (when retryAfter is not 0). The floor runs from
+// the answer: the call reached Teletracker after sentAt (its marker's Put
+// and the process's spacing of sends came between), and no later than its
+// answer, so that every node (another, or this one's mount reloaded) keeps
+// the calls Teletracker sees 10 s apart.
 func (r *record) limit(sentAt, now time.Time, retryAfter time.Duration) {
-	r.LastCallAt, r.HoldUntil = sentAt, sentAt.Add(minCallInterval)
+	r.LastCallAt = later(sentAt, now)
+	r.HoldUntil = r.LastCallAt.Add(minCallInterval)
 	if retryAfter > 0 {
 		r.HoldUntil = later(r.HoldUntil, now.Add(retryAfter))
 	}

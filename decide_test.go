@@ -216,7 +216,7 @@ func TestSettle(t *testing.T) {
 				t.Fatalf("state %s failures %d token %s, want %s %d %s", got.State, got.Failures, got.Token, tc.state, tc.failures, tc.token)
 			}
 			floor := tc.kind == actRefresh || tc.err != nil
-			if set := !got.HoldUntil.IsZero(); set != tc.waitsSet || !got.LastCallAt.Equal(sent) || (set && floor && got.HoldUntil.Before(sent.Add(minCallInterval))) {
+			if set := !got.HoldUntil.IsZero(); set != tc.waitsSet || !got.LastCallAt.Equal(answered) || (set && floor && got.HoldUntil.Before(answered.Add(minCallInterval))) {
 				t.Fatalf("waits %v %v %v, set: %v", got.LastCallAt, got.HoldUntil, got.NotBefore, tc.waitsSet)
 			}
 			if tc.failures > tc.r.Failures && got.NotBefore.Before(answered.Add(minRetryInterval)) {

@@ -48,7 +48,8 @@ type record struct {
 	// RefreshCount counts the refreshes Teletracker performed for the mount.
 	RefreshCount int64 `json:"refresh_count"`
 
-	// LastCallAt is when the last call was sent; the waits below date from it.
+	// LastCallAt is when the last call was answered (or, in flight, sent);
+	// the waits below date from it.
 	LastCallAt time.Time `json:"last_call_at,omitzero"`
 	// NotBefore binds the engine's own calls: floor, backoff, Retry-After.
 	NotBefore time.Time `json:"not_before,omitzero"`

@@ -30,6 +30,9 @@ package teletracker
 //	8 no marker before the engine's own login     yes    658   33 (-sim.duration=2m) floor (a node paused past its
 //	                                                                              HA lock logs in after the one
 //	                                                                              that took over logged in, died)
+//	9 stored floor from the send, not the answer   yes    1796662950086266752  47,51,72,93,94,95,98  floor (the
+//	                                                                              mount reloaded calls 10 s after
+//	                                                                              a send the spacing delayed)
 //
 // Replay one with -sim.seed, -sim.len=300 and -sim.steps (on today's code
 // they pass). Each of the other invariants was seen to fail once on a
