@@ -181,7 +181,7 @@ func (b *backend) loadAll(ctx context.Context, storage logical.Storage) error {
 		}
 		r, err := a.applyLocked(ctx, storage, trigger{kind: triggerTune}, nil)
 		a.refreshMu.Unlock()
-		if r.configured() && !r.InFlightAt.IsZero() {
+		if r.configured() && (r.State == stateInFlight || (!r.InFlightAt.IsZero() && !r.needsReauth())) {
 			a.log().Warn("found a call whose result was never stored; it is resolved once its call has surely ended",
 				"sent_at", r.InFlightAt.UTC().Format(time.RFC3339), "generation", r.Generation)
 		}

@@ -441,79 +441,69 @@ func statusText(status int) string {
 
 // errorCode is the machine-readable code in Teletracker's error (or else
 // message) field, as " (code x)", or "" when neither holds one. A code is
-// words of letters joined by '_' or '.' (or run together, each after the
-// first capitalised), up to maxErrorCode characters, each word one of
-// codeWords, and whose letters share no three in a row with the letters of
-// secret (case and whatever stands between them aside). So it is never the
-// credential sent, a piece of it, nor the credential in any encoding
-// (base64, ROT13, reversed, its other characters dropped: none of them is
-// made of error words alone), and a token or session guid, a UUID, cannot
-// be one (it holds hyphens and digits). Anything else is text, and dropped.
+// kept only when it is one of knownCodes (its case, and '_' or '.' between
+// its words, aside: "InvalidGrant", "Auth.Failed"), and its letters share
+// no three in a row with the letters of secret; it is then written as
+// knownCodes spells it. So what reaches an error is always one of the
+// engine's own constants, never the server's spelling: no echo of the
+// credential sent, in any encoding, passes through it. Anything else is
+// text, and dropped.
 func errorCode(sb *sessionBody, secret string) string {
 	for _, c := range []string{sb.Error, sb.Message} {
-		if isErrorCode(c, secret) {
-			return " (code " + c + ")"
+		if code, ok := knownCode(c, secret); ok {
+			return " (code " + code + ")"
 		}
 	}
 	return ""
 }
 
-// isErrorCode reports whether c is shaped like an error code, as errorCode
-// says, and its letters share no three in a row with secret's.
-func isErrorCode(c, secret string) bool {
-	if c == "" || len(c) > maxErrorCode {
-		return false
+// knownCode is c as knownCodes spells it, when c is one of them, as
+// errorCode says, and its letters share no three in a row with secret's.
+func knownCode(c, secret string) (string, bool) {
+	if c == "" || len(c) > maxErrorCode || strings.Trim(c, "_.") != c {
+		return "", false
 	}
-	for _, part := range strings.FieldsFunc(c, func(r rune) bool { return r == '_' || r == '.' }) {
-		for _, w := range camelWords(part) {
-			if !codeWords[strings.ToLower(w)] {
-				return false
-			}
+	for i := 0; i < len(c); i++ {
+		switch ch := c[i]; {
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z':
+		case (ch == '_' || ch == '.') && c[i-1] != '_' && c[i-1] != '.':
+		default:
+			return "", false
 		}
 	}
-	if strings.Contains(c, "__") || strings.Contains(c, "..") || strings.Contains(c, "_.") || strings.Contains(c, "._") ||
-		strings.Trim(c, "_.") != c {
-		return false
+	code, ok := knownCodes[letters(c)]
+	if !ok {
+		return "", false
 	}
-	lc, ls := letters(c), letters(secret)
+	ls := letters(secret)
 	n := min(3, len(ls))
 	for i := 0; i+n <= len(ls) && n > 0; i++ {
-		if strings.Contains(lc, ls[i:i+n]) {
-			return false
+		if strings.Contains(letters(c), ls[i:i+n]) {
+			return "", false
 		}
 	}
-	return true
+	return code, true
 }
 
-// camelWords splits s before each upper-case letter that follows a
-// lower-case one ("InvalidGrant": "Invalid", "Grant"). Any character but an
-// ASCII letter makes a word no code word is.
-func camelWords(s string) []string {
-	var words []string
-	start := 0
-	for i := 1; i < len(s); i++ {
-		if s[i] >= 'A' && s[i] <= 'Z' && s[i-1] >= 'a' && s[i-1] <= 'z' {
-			words = append(words, s[start:i])
-			start = i
-		}
-	}
-	return append(words, s[start:])
-}
-
-// codeWords are the words an error code is made of: those of the error
-// codes of OAuth 2.0 (RFC 6749) and of HTTP's status texts, and the words
-// for what a session's calls meet. A word outside it makes the field text.
-var codeWords = func() map[string]bool {
-	m := map[string]bool{}
-	for _, w := range strings.Fields(`
-		access account accounts already auth authentication authorization bad blocked busy client
-		conflict credential credentials denied disabled error exceeded expired failed failure
-		forbidden found gateway grant inactive internal invalid limit limited locked login malformed
-		maintenance many method mismatch missing no not overloaded parameter parameters password
-		quota rate refresh request requests required reset retry reuse reused revoked scope server
-		service session spent such suspended temporarily timeout token too type unauthorized
-		unavailable unknown unsupported used user username wrong`) {
-		m[w] = true
+// knownCodes are the error codes errorCode passes on, by their letters:
+// OAuth 2.0's (RFC 6749, RFC 6750), HTTP's status texts, and those for what
+// a session's calls meet.
+var knownCodes = func() map[string]string {
+	m := map[string]string{}
+	for _, c := range strings.Fields(`
+		invalid_request invalid_client invalid_grant unauthorized_client unsupported_grant_type
+		invalid_scope access_denied unsupported_response_type server_error temporarily_unavailable
+		invalid_token insufficient_scope
+		bad_request unauthorized forbidden not_found method_not_allowed not_acceptable conflict
+		precondition_failed too_many_requests internal_server_error not_implemented bad_gateway
+		service_unavailable gateway_timeout
+		rate_limited rate_limit_exceeded quota_exceeded server_busy maintenance
+		token_expired token_used token_spent token_revoked token_reused
+		refresh_token_expired refresh_token_used refresh_token_reused refresh_token_revoked
+		invalid_refresh_token invalid_credentials invalid_password invalid_username unknown_user
+		account_locked account_disabled account_suspended auth_failed authentication_failed
+		login_failed session_expired session_not_found`) {
+		m[letters(c)] = c
 	}
 	return m
 }()

@@ -229,9 +229,11 @@ func TestErrorCodeDropsAnEchoOfTheLetters(t *testing.T) {
 
 // An echo of the credential in an encoding of letters alone (base64,
 // ROT13, reversed) shares none of its letters in a row, yet is no code:
-// it is made of no error words.
+// it is none of knownCodes. (One whose encoding is a known code would
+// show that code, as the engine spells it, and nothing else: the review's
+// base64 of "O*^O*^O*^", "TypeTypeType", is none.)
 func TestErrorCodeDropsAnEncodedCredential(t *testing.T) {
-	for _, secret := range []string{"HunterTwo", "Qz7!Wx3#Rv", "tokenUsed"} {
+	for _, secret := range []string{"HunterTwo", "Qz7!Wx3#Rv", "tokenUsed", "O*^O*^O*^", "nekot_deripxe"} {
 		rot13 := strings.Map(func(r rune) rune {
 			switch {
 			case r >= 'a' && r <= 'z':
@@ -386,7 +388,7 @@ func TestErrorCode(t *testing.T) {
 		error, message, want string
 	}{
 		{"invalid_grant", "", " (code invalid_grant)"},
-		{"", "Auth.Failed", " (code Auth.Failed)"},
+		{"", "Auth.Failed", " (code auth_failed)"},
 		{"Token already used", "token_used", " (code token_used)"},
 		{"token_used", "token_spent", " (code token_used)"},
 		{"invalid credentials", "", ""},
@@ -395,9 +397,14 @@ func TestErrorCode(t *testing.T) {
 		{"ffffffff-ffff-ffff-ffff-ffffffffffff", "", ""},
 		{"_private", "trailing_", ""},
 		{"a__b", "a..b", ""},
-		{strings.Repeat("token_", 10) + "used", "", " (code " + strings.Repeat("token_", 10) + "used)"},
-		{strings.Repeat("token_", 10) + "spent", "", ""}, // 65 characters
-		{"InvalidGrant", "", " (code InvalidGrant)"},
+		{"InvalidGrant", "", " (code invalid_grant)"},
+		{"TypeTypeType", "", ""},
+		{"expired_token", "", ""},
+		{"unsupported_response_type", "", " (code unsupported_response_type)"},
+		{"method_not_allowed", "", " (code method_not_allowed)"},
+		{"not_implemented", "", ""}, // "nte", as in Hunter
+		{"bad_gateway", "", " (code bad_gateway)"},
+		{"precondition_failed", "", " (code precondition_failed)"},
 		{"invalid_grnat", "", ""},
 		{"Invalid_Grant.", "", ""},
 		{"hunter", "", ""},
@@ -456,7 +463,7 @@ func FuzzParseResponse(f *testing.F) {
 		// The engine's words and at most a code: nothing else of the body.
 		text := err.Error()
 		if m := fuzzCode.FindStringSubmatch(text); m != nil {
-			if !isErrorCode(m[1], secret) || !strings.Contains(body, m[1]) {
+			if code, ok := knownCode(m[1], secret); !ok || code != m[1] {
 				t.Fatalf("code %q kept from %q, sent %q", m[1], body, secret)
 			}
 			text = strings.TrimSuffix(text, m[0])
