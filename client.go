@@ -471,14 +471,15 @@ func knownCode(c, secret string) (string, bool) {
 			return "", false
 		}
 	}
-	code, ok := knownCodes[letters(c)]
+	lc := letters(c)
+	code, ok := knownCodes[lc]
 	if !ok {
 		return "", false
 	}
 	ls := letters(secret)
 	n := min(3, len(ls))
 	for i := 0; i+n <= len(ls) && n > 0; i++ {
-		if strings.Contains(letters(c), ls[i:i+n]) {
+		if strings.Contains(lc, ls[i:i+n]) {
 			return "", false
 		}
 	}
